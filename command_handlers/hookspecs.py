@@ -1,0 +1,122 @@
+"""Every hook of command-handlers, in one place.
+
+Plugins implement these with :data:`command_handlers.hookimpl`. An
+implementation may take any subset of a hook's arguments, by name. Listener
+hooks (``on_*``) may be plain functions or coroutine functions; a listener that
+raises is logged with its plugin's name and never fails a task or the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, Callable
+
+import pluggy
+
+__all__ = ["hookspec"]
+
+hookspec = pluggy.HookspecMarker("command_handlers")
+
+
+@hookspec
+def register_executors(register: Callable[..., None], settings: Any) -> None:
+    """Register the agents this plugin serves.
+
+    Call ``register(agent_name, executor, max_concurrency=None, *, description="",
+    override=False)`` once per agent. ``executor`` is ``async def (task) -> dict``.
+    ``max_concurrency`` caps how many calls of that one agent run at once, on top
+    of the run's limit. Two plugins registering one name is an error naming
+    both, unless exactly one of them passes ``override=True``: that one wins.
+
+    Args:
+        register: The function to call for each agent.
+        settings: The run's :class:`command_handlers.settings.Settings`.
+    """
+
+
+@hookspec(firstresult=True)
+def choose_agent(
+    node: Mapping[str, Any], context: Mapping[str, Any], agents: Sequence[str]
+) -> str | None:
+    """Choose the agent that answers one canvas node; the first non-``None`` answer wins.
+
+    Args:
+        node: The canvas node (a JSON Canvas 1.0 node dict).
+        context: ``{"settings": Settings, "material": [texts of linked nodes]}``.
+        agents: The names of the registered agents.
+
+    Returns:
+        An agent name from ``agents``, or ``None`` to let the next plugin decide.
+    """
+
+
+@hookspec
+def on_run_start(run: Any) -> None:
+    """A run is about to start.
+
+    Args:
+        run: A read-only :class:`command_handlers.plugins.RunInfo` (``run_id``,
+            ``task_count``, ``mode``, ``max_concurrency``).
+    """
+
+
+@hookspec
+def on_task_start(task: Any) -> None:
+    """A task got a slot and its executor is about to be called.
+
+    Args:
+        task: The :class:`~command_handlers.plugins.AsyncTask`.
+    """
+
+
+@hookspec
+def on_task_progress(task_id: str, result: Any, error: str | None) -> None:
+    """A task finished: succeeded, failed, or was skipped (the story's progress callback).
+
+    Args:
+        task_id: The task's id.
+        result: What the executor returned; ``None`` unless it succeeded.
+        error: ``None`` on success, else the error text (for a skipped task it
+            names the failed dependency).
+    """
+
+
+@hookspec
+def on_run_end(run: Any, summary: Mapping[str, Any]) -> None:
+    """A run finished (not called when it was cancelled).
+
+    Args:
+        run: The same :class:`~command_handlers.plugins.RunInfo` as ``on_run_start``.
+        summary: The run's summary dict.
+    """
+
+
+@hookspec(firstresult=True)
+def execute_tasks(
+    tasks: Sequence[Any],
+    executor: Callable[[Any], Awaitable[Any]],
+    dependency_aware: bool,
+    max_concurrency: int,
+    dependency_limit: int,
+    agent_limits: Mapping[str, int],
+    progress_callback: Callable[[str, Any, str | None], Any],
+    start_callback: Callable[[Any], Any],
+) -> Awaitable[Mapping[str, Any]] | None:
+    """Run the tasks; the first implementation that returns an awaitable wins.
+
+    The built-in implementation is the engine. A plugin can put another backend
+    behind this hook (for example a distributed one) without any caller changing.
+
+    Args:
+        tasks: The :class:`~command_handlers.plugins.AsyncTask` objects.
+        executor: Routes a task to its agent's executor: ``await executor(task)``.
+        dependency_aware: Respect ``task.dependencies`` (else run flat).
+        max_concurrency: At most this many tasks at once.
+        dependency_limit: At most this many at once in the dependency-aware mode.
+        agent_limits: agent name -> its own limit.
+        progress_callback: Call once per finished task as ``(task_id, result, error)``.
+        start_callback: Call with each task as it starts.
+
+    Returns:
+        An awaitable of the summary dict (the engine's keys), or ``None``.
+    """

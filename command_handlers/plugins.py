@@ -1,0 +1,391 @@
+"""The plugin layer: the plugin manager, the executor registry and the ``run_tasks`` facade.
+
+This is the one bridge between the engine and everything else: handlers, the
+command line and plugins build :class:`AsyncTask` objects and call
+:func:`run_tasks`, which routes each task to the executor a plugin registered
+for its ``agent_name`` and runs them through the ``execute_tasks`` hook (by
+default the engine).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from command_handlers import hookspecs
+from command_handlers.async_execution_engine import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DEPENDENCY_LIMIT,
+    AsyncTask,
+    DependencyCycleError,
+)
+from command_handlers.default_plugins import engine_backend, routing
+from command_handlers.settings import Settings
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "AsyncTask",
+    "DependencyCycleError",
+    "DuplicateAgentError",
+    "ExecutorRegistry",
+    "RunInfo",
+    "UnknownAgentError",
+    "collect_executors",
+    "get_plugin_manager",
+    "run_tasks",
+]
+
+logger = logging.getLogger("command_handlers.plugins")
+
+#: Plugins installed under this entry-point group are loaded by :func:`get_plugin_manager`.
+ENTRY_POINT_GROUP = "command_handlers"
+#: A comma-separated allowlist of entry-point plugin names (empty: load none).
+LOAD_PLUGINS_ENV = "COMMAND_HANDLERS_LOAD_PLUGINS"
+
+#: The built-in plugins, by the name they are registered under.
+DEFAULT_PLUGINS: Mapping[str, object] = {
+    "engine": engine_backend,
+    "color-router": routing,
+}
+
+
+class DuplicateAgentError(ValueError):
+    """Two plugins registered executors under one agent name."""
+
+
+class UnknownAgentError(LookupError):
+    """A task names an agent that no plugin registered."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What listeners learn about a run.
+
+    Attributes:
+        run_id: A fresh id for the run.
+        task_count: How many tasks it holds.
+        mode: ``"parallel"`` or ``"dependency-aware"``.
+        max_concurrency: The run's limit.
+        tasks: The run's tasks, in input order.
+    """
+
+    run_id: str
+    task_count: int
+    mode: str
+    max_concurrency: int
+    tasks: tuple[AsyncTask, ...] = field(default=(), repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class _Registration:
+    executor: Callable[[AsyncTask], Awaitable[Any]]
+    plugin: str
+    max_concurrency: int | None
+    description: str
+    override: bool
+
+
+class ExecutorRegistry:
+    """The executors plugins registered, by agent name."""
+
+    def __init__(self) -> None:
+        self._agents: dict[str, _Registration] = {}
+
+    def add(
+        self,
+        plugin: str,
+        agent_name: str,
+        executor: Callable[[AsyncTask], Awaitable[Any]],
+        max_concurrency: int | None = None,
+        *,
+        description: str = "",
+        override: bool = False,
+    ) -> None:
+        """Register ``executor`` for ``agent_name`` on behalf of ``plugin``.
+
+        Args:
+            plugin: The registering plugin's name.
+            agent_name: The agent the executor serves.
+            executor: ``async def (task) -> dict``.
+            max_concurrency: At most this many calls of this agent at once.
+            description: One line saying what the agent does (routers read it).
+            override: Win over another plugin's registration of the same name.
+
+        Raises:
+            TypeError: ``executor`` is not callable.
+            ValueError: ``max_concurrency`` is not a positive int.
+            DuplicateAgentError: Another plugin registered the name and neither
+                or both override.
+        """
+        if not callable(executor):
+            raise TypeError(
+                f"plugin {plugin!r}: executor for agent {agent_name!r} must be callable"
+            )
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or max_concurrency < 1
+        ):
+            raise ValueError(
+                f"plugin {plugin!r}: max_concurrency of agent {agent_name!r} must be a positive"
+                f" int, got {max_concurrency!r}"
+            )
+        new = _Registration(executor, plugin, max_concurrency, description, override)
+        old = self._agents.get(agent_name)
+        if old is not None and old.override == override:
+            raise DuplicateAgentError(
+                f"agent {agent_name!r} is registered by both plugin {old.plugin!r} and plugin"
+                f" {plugin!r}; pass override=True in the one that should win"
+            )
+        if old is None or override:
+            self._agents[agent_name] = new
+
+    @property
+    def names(self) -> list[str]:
+        """The registered agent names, sorted."""
+        return sorted(self._agents)
+
+    def describe(self) -> dict[str, str]:
+        """Return agent name -> description, sorted by name."""
+        return {name: self._agents[name].description for name in self.names}
+
+    def owner(self, agent_name: str) -> str:
+        """Return the name of the plugin that serves ``agent_name``.
+
+        Args:
+            agent_name: A registered agent.
+
+        Returns:
+            The plugin's name.
+
+        Raises:
+            UnknownAgentError: Nobody registered the agent.
+        """
+        return self._lookup(agent_name).plugin
+
+    def limits(self) -> dict[str, int]:
+        """Return agent name -> its own limit, for the agents that have one."""
+        return {
+            name: reg.max_concurrency
+            for name, reg in self._agents.items()
+            if reg.max_concurrency is not None
+        }
+
+    def _lookup(self, agent_name: str) -> _Registration:
+        try:
+            return self._agents[agent_name]
+        except KeyError:
+            raise UnknownAgentError(
+                f"no executor registered for agent {agent_name!r}; registered agents: "
+                + (", ".join(self.names) or "none")
+            ) from None
+
+    def route(self, task: AsyncTask) -> Awaitable[Any]:
+        """Start the work of ``task`` on its agent's executor.
+
+        Args:
+            task: The task.
+
+        Returns:
+            The executor's awaitable.
+
+        Raises:
+            UnknownAgentError: Nobody registered ``task.agent_name``.
+        """
+        return self._lookup(task.agent_name).executor(task)
+
+
+def get_plugin_manager(*, load_entry_points: bool = True) -> pluggy.PluginManager:
+    """Build a new plugin manager: hook specs, built-in plugins and installed plugins.
+
+    Each call returns a new manager, so programs and tests never share hidden
+    state. Installed plugins are those under the ``command_handlers`` entry-point
+    group; the environment variable ``COMMAND_HANDLERS_LOAD_PLUGINS``, when set,
+    is a comma-separated allowlist of their names (empty: load none).
+
+    Args:
+        load_entry_points: Load installed plugins (``False`` for none).
+
+    Returns:
+        The plugin manager.
+    """
+    pm = pluggy.PluginManager("command_handlers")
+    pm.add_hookspecs(hookspecs)
+    for name, plugin in DEFAULT_PLUGINS.items():
+        pm.register(plugin, name=name)
+    if load_entry_points:
+        allowed = os.environ.get(LOAD_PLUGINS_ENV)
+        if allowed is None:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        else:
+            for name in filter(None, (n.strip() for n in allowed.split(","))):
+                pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+    return pm
+
+
+def _plugin_name(pm: pluggy.PluginManager, impl: pluggy.HookImpl) -> str:
+    return pm.get_name(impl.plugin) or impl.plugin_name
+
+
+def collect_executors(
+    pm: pluggy.PluginManager, settings: Settings | None = None
+) -> ExecutorRegistry:
+    """Ask every plugin to register its executors.
+
+    Args:
+        pm: The plugin manager.
+        settings: The run's settings (defaults when ``None``).
+
+    Returns:
+        The registry of every agent registered.
+
+    Raises:
+        DuplicateAgentError: Two plugins registered one agent name.
+    """
+    registry = ExecutorRegistry()
+    arguments: dict[str, Any] = {"settings": settings or Settings()}
+    for impl in reversed(pm.hook.register_executors.get_hookimpls()):
+        plugin = _plugin_name(pm, impl)
+
+        def register(
+            agent_name: str,
+            executor: Callable[[AsyncTask], Awaitable[Any]],
+            max_concurrency: int | None = None,
+            *,
+            description: str = "",
+            override: bool = False,
+            _plugin: str = plugin,
+        ) -> None:
+            registry.add(
+                _plugin,
+                agent_name,
+                executor,
+                max_concurrency,
+                description=description,
+                override=override,
+            )
+
+        arguments["register"] = register
+        impl.function(*(arguments[name] for name in impl.argnames))
+    return registry
+
+
+class _Listeners:
+    """The implementations of one listener hook, called one by one and isolated."""
+
+    def __init__(self, pm: pluggy.PluginManager, hook_name: str) -> None:
+        caller = getattr(pm.hook, hook_name)
+        spec_args = caller.spec.argnames if caller.spec else ()
+        self.hook_name = hook_name
+        self.impls = [
+            (
+                impl.function,
+                tuple(spec_args.index(name) for name in impl.argnames),
+                _plugin_name(pm, impl),
+                len(impl.argnames) == len(spec_args),
+            )
+            for impl in reversed(caller.get_hookimpls())
+            if not (impl.hookwrapper or impl.wrapper)
+        ]
+
+    async def __call__(self, *args: Any) -> None:
+        for function, positions, plugin, takes_all in self.impls:
+            try:
+                outcome = function(*args) if takes_all else function(*(args[i] for i in positions))
+                if outcome is not None and inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:  # pylint: disable=broad-exception-caught
+                logger.exception("plugin %r raised in %s; the run goes on", plugin, self.hook_name)
+
+
+def _progress_relay(
+    listeners: _Listeners,
+    progress_callback: Callable[[str, Any, str | None], Any] | None,
+) -> Callable[[str, Any, str | None], Awaitable[None]]:
+    if progress_callback is None:
+        return listeners
+
+    async def relay(task_id: str, result: Any, error: str | None) -> None:
+        await listeners(task_id, result, error)
+        try:
+            outcome = progress_callback(task_id, result, error)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:  # pylint: disable=broad-exception-caught
+            logger.exception("progress_callback raised for task %r; the run goes on", task_id)
+
+    return relay
+
+
+async def run_tasks(
+    tasks: Iterable[AsyncTask],
+    *,
+    pm: pluggy.PluginManager | None = None,
+    dependency_aware: bool = False,
+    max_concurrency: int = DEFAULT_CONCURRENCY,
+    progress_callback: Callable[[str, Any, str | None], Any] | None = None,
+    settings: Settings | None = None,
+    dependency_limit: int = DEFAULT_DEPENDENCY_LIMIT,
+) -> dict[str, Any]:
+    """Run tasks on the executors plugins registered, through the ``execute_tasks`` hook.
+
+    Each task goes to the executor registered for its ``agent_name``; a task
+    whose agent nobody registered fails (not the run) with an
+    :class:`UnknownAgentError` listing the registered agents. Listener hooks
+    hear of the run: ``on_run_start``, then per task ``on_task_start`` and
+    ``on_task_progress``, then ``on_run_end``; within one hook, plugins are
+    called in pluggy's order (last registered first, ``tryfirst``/``trylast``
+    honoured), and ``progress_callback`` after them.
+
+    Args:
+        tasks: The tasks.
+        pm: The plugin manager; a new :func:`get_plugin_manager` when ``None``.
+        dependency_aware: Respect ``task.dependencies`` (the dependency-aware mode).
+        max_concurrency: At most this many tasks at once (1-20).
+        progress_callback: Also told of each finished task, as
+            ``(task_id, result, error)``; sync or async.
+        settings: Handed to plugins (defaults when ``None``).
+        dependency_limit: At most this many at once in the dependency-aware mode.
+
+    Returns:
+        The summary dict, with the engine's keys.
+
+    Raises:
+        ValueError: Bad tasks or limits (as the engine raises them).
+        TypeError: A task is not an :class:`AsyncTask`, or a limit not an int.
+        DuplicateAgentError: Two plugins registered one agent name.
+        RuntimeError: No plugin implements ``execute_tasks``.
+    """
+    pm = pm or get_plugin_manager()
+    task_list = list(tasks)
+    registry = collect_executors(pm, settings)
+    run = RunInfo(
+        run_id=uuid.uuid4().hex[:12],
+        task_count=len(task_list),
+        mode="dependency-aware" if dependency_aware else "parallel",
+        max_concurrency=max_concurrency,
+        tasks=tuple(task_list),
+    )
+    await _Listeners(pm, "on_run_start")(run)
+    pending = pm.hook.execute_tasks(
+        tasks=task_list,
+        executor=registry.route,
+        dependency_aware=dependency_aware,
+        max_concurrency=max_concurrency,
+        dependency_limit=dependency_limit,
+        agent_limits=registry.limits(),
+        progress_callback=_progress_relay(_Listeners(pm, "on_task_progress"), progress_callback),
+        start_callback=_Listeners(pm, "on_task_start"),
+    )
+    if pending is None:
+        raise RuntimeError("no plugin implements execute_tasks")
+    summary: dict[str, Any] = dict(await pending)
+    await _Listeners(pm, "on_run_end")(run, summary)
+    return summary
