@@ -1,0 +1,839 @@
+"""Tests of command_handlers.canvas: the JSON Canvas 1.0 model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from command_handlers import canvas as canvas_mod
+from command_handlers.canvas import (
+    MAX_DEPTH,
+    Canvas,
+    CanvasError,
+    Rect,
+    color_of,
+    label_of,
+    node_file,
+    node_rect,
+    node_text,
+    node_type,
+    save_atomic,
+)
+
+# --------------------------------------------------------------------------- helpers
+
+
+def text_node(node_id: str, x: float = 0, y: float = 0, **extra: Any) -> dict[str, Any]:
+    node: dict[str, Any] = {
+        "id": node_id,
+        "type": "text",
+        "text": f"text of {node_id}",
+        "x": x,
+        "y": y,
+        "width": 250,
+        "height": 60,
+    }
+    node.update(extra)
+    return node
+
+
+def edge(edge_id: str, src: str, dst: str, **extra: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {"id": edge_id, "fromNode": src, "toNode": dst}
+    result.update(extra)
+    return result
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent="\t", ensure_ascii=False)
+
+
+SAMPLE = {
+    "nodes": [
+        {
+            "id": "q1",
+            "type": "text",
+            "text": "What is a monad?",
+            "x": -400,
+            "y": 0,
+            "width": 250,
+            "height": 60,
+            "color": "1",
+            "pluginData": {"pinned": True, "tags": ["a", "b"]},
+        },
+        {
+            "type": "text",
+            "id": "n1",
+            "height": 80,
+            "text": "A monad is a burrito 🌯",
+            "x": 0,
+            "y": 0,
+            "width": 250,
+            "color": "6",
+        },
+        {"id": "g1", "type": "group", "x": -500, "y": -100, "width": 1000, "height": 400},
+        {
+            "id": "f1",
+            "type": "file",
+            "file": "notes/monad.md",
+            "subpath": "#Intro",
+            "x": 0,
+            "y": 200,
+            "width": 400,
+            "height": 400,
+        },
+        {
+            "id": "l1",
+            "type": "link",
+            "url": "https://example.org",
+            "x": 600,
+            "y": 0,
+            "width": 10,
+            "height": 10,
+        },
+        {
+            "id": "w1",
+            "type": "widget",
+            "x": 900,
+            "y": 0,
+            "width": 10,
+            "height": 10,
+            "custom": [1, 2.5, None],
+        },
+    ],
+    "edges": [
+        {
+            "id": "e1",
+            "fromNode": "q1",
+            "fromSide": "right",
+            "toNode": "n1",
+            "toSide": "left",
+            "zzz": 1,
+        },
+        {
+            "id": "e2",
+            "fromNode": "n1",
+            "toNode": "f1",
+            "label": "see",
+            "color": "#a1B2c3",
+            "toEnd": "arrow",
+        },
+    ],
+    "metadata": {"version": "1.0", "frontmatter": {}},
+}
+
+
+@pytest.fixture
+def sample() -> Canvas:
+    return Canvas.from_json(dumps(SAMPLE))
+
+
+# --------------------------------------------------------------------------- parsing, round trip
+
+
+def test_round_trip_keeps_unknown_fields_and_key_order() -> None:
+    text = dumps(SAMPLE)
+    canvas = Canvas.from_json(text)
+    assert canvas.to_json() == text
+    assert list(canvas.nodes[1]) == ["type", "id", "height", "text", "x", "y", "width", "color"]
+    assert canvas.nodes[0]["pluginData"] == {"pinned": True, "tags": ["a", "b"]}
+    assert canvas.data["metadata"] == {"version": "1.0", "frontmatter": {}}
+    assert canvas.edges[0]["zzz"] == 1
+
+
+def test_round_trip_of_compact_input_and_bytes_with_bom() -> None:
+    raw = b"\xef\xbb\xbf" + json.dumps(SAMPLE).encode()
+    canvas = Canvas.from_json(raw)
+    assert canvas.source_digest == hashlib.sha256(raw).hexdigest()
+    assert json.loads(canvas.to_json()) == SAMPLE
+    assert canvas.path is None
+
+
+def test_absent_keys_stay_absent_until_something_is_added() -> None:
+    assert Canvas.from_json("{}").to_json() == "{}"
+    assert Canvas().to_json() == "{}"
+    only_edges = Canvas.from_json('{"edges": []}')
+    assert only_edges.to_json() == '{\n\t"edges": []\n}'
+    only_edges.add_text_node("hi", 0, 0, 10, 10)
+    assert list(json.loads(only_edges.to_json())) == ["edges", "nodes"]
+    canvas = Canvas.from_json('{"nodes": [], "x": 1}')
+    a = canvas.add_text_node("a", 0, 0, 10, 10)
+    b = canvas.add_file_node("b.md", 50, 0, 10, 10)
+    canvas.add_edge(a, b)
+    assert list(json.loads(canvas.to_json())) == ["nodes", "x", "edges"]
+
+
+def test_unknown_node_types_are_kept_but_are_not_text_nodes(sample: Canvas) -> None:
+    assert [n["id"] for n in sample.text_nodes()] == ["q1", "n1"]
+    assert [n["id"] for n in sample.text_nodes(color="6")] == ["n1"]
+    assert sample.text_nodes(color="2") == []
+    assert node_type(sample.node("w1")) == "widget"
+
+
+def test_typed_read_helpers(sample: Canvas) -> None:
+    note = sample.node("n1")
+    assert node_rect(note) == Rect(0, 0, 250, 80)
+    assert node_text(note) == "A monad is a burrito 🌯"
+    assert node_text(sample.node("f1")) is None
+    assert node_file(sample.node("f1")) == "notes/monad.md"
+    assert node_file(note) is None
+    assert color_of(note) == "6"
+    assert color_of(sample.node("g1")) is None
+    assert label_of(sample.edges[1]) == "see"
+    assert label_of(sample.edges[0]) is None
+
+
+def test_rect() -> None:
+    a = Rect(0, 0, 10, 10)
+    assert (a.right, a.bottom) == (10, 10)
+    assert not a.overlaps(Rect(10, 0, 5, 5))  # touching is not overlapping
+    assert a.overlaps(Rect(10, 0, 5, 5), gap=1)
+    assert a.overlaps(Rect(5, 5, 10, 10))
+    assert not a.overlaps(Rect(0, 20, 10, 10), gap=10)
+
+
+def test_canvas_from_data_keeps_the_dict_itself() -> None:
+    data = json.loads(dumps(SAMPLE))
+    canvas = Canvas(data)
+    assert canvas.data is data
+    assert canvas.nodes[0] is data["nodes"][0]
+    assert canvas.source_digest is None
+    assert "nodes=6" in repr(canvas)
+
+
+# --------------------------------------------------------------------------- invalid input
+
+
+def _with_node(**fields: Any) -> str:
+    node = text_node("abc")
+    for key, value in fields.items():
+        if value is ...:
+            del node[key]
+        else:
+            node[key] = value
+    return json.dumps({"nodes": [text_node("n0"), node]})
+
+
+def _with_edge(**fields: Any) -> str:
+    item = edge("e1", "a", "b")
+    for key, value in fields.items():
+        if value is ...:
+            del item[key]
+        else:
+            item[key] = value
+    return json.dumps({"nodes": [text_node("a"), text_node("b")], "edges": [item]})
+
+
+INVALID = [
+    ("[]", "a canvas must be a JSON object, not array"),
+    ('"x"', "a canvas must be a JSON object, not string"),
+    ('{"nodes": {}}', '"nodes" must be an array, not object'),
+    ('{"edges": null}', '"edges" must be an array, not null'),
+    ("{", "invalid JSON at line 1, column 2"),
+    ('{\n  "nodes": [,]\n}', "invalid JSON at line 2, column 13"),
+    ('{"x": NaN}', "NaN is not a valid number"),
+    ('{"x": -Infinity}', "-Infinity is not a valid number"),
+    ('{"x": 1e999}', "number 1e999 is out of range"),
+    ('{"nodes": [1]}', "node 0: must be an object, not number"),
+    ('{"nodes": [[]]}', "node 0: must be an object, not array"),
+    (_with_node(id=...), 'node 1: "id" must be a non-empty string, not missing'),
+    (_with_node(id=7), 'node 1: "id" must be a non-empty string, not number'),
+    (_with_node(id=""), 'node 1: "id" must be a non-empty string, not empty'),
+    (_with_node(type=...), 'node 1 ("abc"): "type" must be a string, not missing'),
+    (_with_node(type=None), 'node 1 ("abc"): "type" must be a string, not null'),
+    (_with_node(x="1"), 'node 1 ("abc"): "x" must be a number, not string'),
+    (_with_node(y=True), 'node 1 ("abc"): "y" must be a number, not boolean'),
+    (_with_node(width=...), 'node 1 ("abc"): "width" must be a number, not missing'),
+    (_with_node(height={}), 'node 1 ("abc"): "height" must be a number, not object'),
+    (_with_node(x=10**16), 'node 1 ("abc"): "x" must be between -1e15 and 1e15'),
+    (_with_node(y=-2e15), 'node 1 ("abc"): "y" must be between -1e15 and 1e15'),
+    (_with_node(color="7"), 'node 1 ("abc"): "color" must be "1" to "6" or "#rrggbb", not "7"'),
+    (_with_node(color="#12345"), '"color" must be "1" to "6" or "#rrggbb", not "#12345"'),
+    (_with_node(color="red"), '"color" must be "1" to "6" or "#rrggbb", not "red"'),
+    (_with_node(color=6), '"color" must be "1" to "6" or "#rrggbb", not number'),
+    (_with_node(color=[]), '"color" must be "1" to "6" or "#rrggbb", not array'),
+    (_with_node(text=...), 'node 1 ("abc"): "text" is missing'),
+    (_with_node(text=["a"]), 'node 1 ("abc"): "text" must be a string, not array'),
+    (_with_node(type="file"), 'node 1 ("abc"): "file" is missing'),
+    (_with_node(type="file", file="a.md", subpath=1), '"subpath" must be a string, not number'),
+    (_with_node(type="link"), 'node 1 ("abc"): "url" is missing'),
+    (_with_node(type="group", label=False), '"label" must be a string, not boolean'),
+    (
+        _with_node(type="group", backgroundStyle="tile"),
+        '"backgroundStyle" must be one of "cover", "ratio", "repeat", not "tile"',
+    ),
+    (
+        json.dumps({"nodes": [text_node("abc"), text_node("x"), text_node("abc")]}),
+        'duplicate node id "abc" (nodes 0 and 2)',
+    ),
+    ('{"nodes": [], "edges": ["e"]}', "edge 0: must be an object, not string"),
+    (_with_edge(id=...), 'edge 0: "id" must be a non-empty string, not missing'),
+    (_with_edge(toNode="zz"), 'edge 0 ("e1"): "toNode" "zz" is not a node'),
+    (_with_edge(fromNode="zz"), 'edge 0 ("e1"): "fromNode" "zz" is not a node'),
+    (_with_edge(fromNode=...), 'edge 0 ("e1"): "fromNode" must be a string, not missing'),
+    (_with_edge(toNode=3), 'edge 0 ("e1"): "toNode" must be a string, not number'),
+    (_with_edge(fromSide="middle"), '"fromSide" must be one of "bottom", "left", "right", "top"'),
+    (_with_edge(toEnd="diamond"), '"toEnd" must be one of "arrow", "none", not "diamond"'),
+    (_with_edge(label=1), 'edge 0 ("e1"): "label" must be a string, not number'),
+    (_with_edge(color="#GGGGGG"), 'edge 0 ("e1"): "color" must be'),
+    (
+        json.dumps(
+            {
+                "nodes": [text_node("a")],
+                "edges": [edge("e1", "a", "a"), edge("e2", "a", "a"), edge("e1", "a", "a")],
+            }
+        ),
+        'duplicate edge id "e1" (edges 0 and 2)',
+    ),
+    ('{"deep": ' + "[" * 70 + "]" * 70 + "}", "nested too deeply (more than 64 levels)"),
+    (
+        '{"nodes": ['
+        + json.dumps(text_node("a", deep=[[[[]]]]))[:-1]
+        + ', "z": '
+        + "[" * 62
+        + "]" * 62
+        + "}]}",
+        "nested too deeply",
+    ),
+    ("[" * 100_000, "nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), INVALID)
+def test_invalid_canvas_is_refused_with_a_clear_message(text: str, message: str) -> None:
+    with pytest.raises(CanvasError) as info:
+        Canvas.from_json(text)
+    assert message in str(info.value)
+
+
+def test_depth_limit_is_exact() -> None:
+    ok = '{"deep": ' + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "}"
+    Canvas.from_json(ok)
+    node = text_node("a")
+    node["deep"] = json.loads("[" * (MAX_DEPTH - 3) + "]" * (MAX_DEPTH - 3))
+    Canvas({"nodes": [node]})
+    node["deep"] = [node["deep"]]
+    with pytest.raises(CanvasError, match="nested too deeply"):
+        Canvas({"nodes": [node]})
+
+
+def test_invalid_utf8_is_refused() -> None:
+    with pytest.raises(CanvasError, match=r"not valid UTF-8 \(byte 10"):
+        Canvas.from_json(b'{"text": "\xff"}')
+
+
+def test_non_json_python_values_are_named_by_type() -> None:
+    with pytest.raises(CanvasError, match="node 0: must be an object, not tuple"):
+        Canvas({"nodes": [("a",)]})
+
+
+@pytest.mark.skipif(not hasattr(sys, "set_int_max_str_digits"), reason="no integer digit limit")
+def test_integer_with_too_many_digits_is_refused() -> None:
+    with pytest.raises(CanvasError, match=r"invalid JSON: .*digits"):
+        Canvas.from_json('{"n": ' + "1" * 5000 + "}")
+
+
+def test_floats_in_range_are_parsed() -> None:
+    canvas = Canvas.from_json(json.dumps({"nodes": [text_node("a", x=1.5, y=-2e3)]}))
+    assert node_rect(canvas.node("a")) == Rect(1.5, -2000.0, 250, 60)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def test_load_remembers_path_and_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "notes.canvas"
+    raw = dumps(SAMPLE).encode()
+    path.write_bytes(raw)
+    canvas = Canvas.load(path)
+    assert canvas.path == path
+    assert canvas.source_digest == hashlib.sha256(raw).hexdigest()
+    assert Canvas.load(str(path)).path == path
+
+
+def test_load_refuses_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CanvasError, match=r"nope\.canvas: no such file"):
+        Canvas.load(tmp_path / "nope.canvas")
+
+
+def test_load_refuses_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(CanvasError, match="is a directory"):
+        Canvas.load(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_load_refuses_a_special_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.canvas"
+    os.mkfifo(fifo)
+    with pytest.raises(CanvasError, match="not a regular file"):
+        Canvas.load(fifo)
+
+
+def test_load_refuses_a_file_over_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "big.canvas"
+    path.write_bytes(b"{}" + b" " * 2000)
+    with pytest.raises(CanvasError, match="has 2,002 bytes, larger than the limit of 1,000 bytes"):
+        Canvas.load(path, max_bytes=1000)
+    assert Canvas.load(path, max_bytes=2002).to_json() == "{}"
+
+
+def test_load_refuses_a_file_that_grew_after_the_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "grows.canvas"
+    path.write_bytes(b"{}" + b" " * 2000)
+    real_stat = os.stat
+
+    def small_stat(target: Any, *args: Any, **kwargs: Any) -> Any:
+        info = real_stat(target, *args, **kwargs)
+        fields = list(info)
+        fields[stat.ST_SIZE] = 2
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(canvas_mod.os, "stat", small_stat)
+    with pytest.raises(CanvasError, match="the file is larger than the limit of 100 bytes"):
+        Canvas.load(path, max_bytes=100)
+
+
+def test_load_reports_unreadable_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "locked.canvas"
+    path.write_text("{}")
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(canvas_mod, "open", refuse, raising=False)
+    with pytest.raises(CanvasError, match=r"locked\.canvas: cannot read: Permission denied"):
+        Canvas.load(path)
+    monkeypatch.undo()
+    monkeypatch.setattr(canvas_mod.os, "stat", refuse)
+    with pytest.raises(CanvasError, match=r"locked\.canvas: cannot read: Permission denied"):
+        Canvas.load(path)
+
+
+def test_load_prefixes_parse_errors_with_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "bad.canvas"
+    path.write_text('{"nodes": [1]}')
+    with pytest.raises(CanvasError, match=r"bad\.canvas: node 0: must be an object"):
+        Canvas.load(path)
+
+
+# --------------------------------------------------------------------------- lookups
+
+
+def test_lookups(sample: Canvas) -> None:
+    assert sample.get_node("n1") is sample.nodes[1]
+    assert sample.get_node("zz") is None
+    with pytest.raises(CanvasError, match='no node with id "zz"'):
+        sample.node("zz")
+    sample.nodes.clear()  # a copy: the canvas is unchanged
+    sample.edges.clear()
+    assert len(sample.nodes) == 6
+    assert len(sample.edges) == 2
+
+
+def test_incoming_and_outgoing_in_file_order(sample: Canvas) -> None:
+    extra = sample.add_edge("q1", "n1", label="again")  # before the lookup table exists
+    assert [e["id"] for e in sample.outgoing("q1")] == ["e1", extra["id"]]
+    assert [e["id"] for e in sample.incoming(sample.node("n1"))] == ["e1", extra["id"]]
+    later = sample.add_edge("n1", "q1")  # after it exists
+    assert sample.outgoing("n1")[-1] is later
+    assert sample.incoming("q1") == [later]
+    assert sample.incoming("w1") == []
+    assert sample.outgoing("w1") == []
+    with pytest.raises(CanvasError):
+        sample.outgoing("zz")
+    with pytest.raises(CanvasError):
+        sample.incoming({"no": "id"})
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def test_new_ids_are_fresh_16_hex_and_unique(sample: Canvas) -> None:
+    ids = {sample.new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(re.fullmatch("[0-9a-f]{16}", i) for i in ids)
+    taken = {n["id"] for n in sample.nodes} | {e["id"] for e in sample.edges}
+    assert not ids & taken
+
+
+def test_new_id_skips_ids_in_use(sample: Canvas, monkeypatch: pytest.MonkeyPatch) -> None:
+    sample.add_text_node("x", 0, 0, 1, 1)
+    issued = sample.new_id()
+    answers = iter(["n1", "e1", issued, "0123456789abcdef"])
+    monkeypatch.setattr(canvas_mod.secrets, "token_hex", lambda _n: next(answers))
+    assert sample.new_id() == "0123456789abcdef"
+
+
+# --------------------------------------------------------------------------- adding
+
+
+def test_add_nodes_and_edges(sample: Canvas) -> None:
+    answer = sample.add_text_node("**agent**", 300, 0, 250, 150, color="5")
+    assert list(answer) == ["id", "type", "text", "x", "y", "width", "height", "color"]
+    doc = sample.add_file_node("answers/a.md", 600, 0, 400, 400)
+    assert "color" not in doc
+    assert doc["file"] == "answers/a.md"
+    first = sample.add_edge("n1", answer, label="agent")
+    assert first == {
+        "id": first["id"],
+        "fromNode": "n1",
+        "fromSide": "right",
+        "toNode": answer["id"],
+        "toSide": "left",
+        "label": "agent",
+    }
+    second = sample.add_edge(answer, doc, from_side=None, to_side=None, color="5")
+    assert list(second) == ["id", "fromNode", "toNode", "color"]
+    assert sample.nodes[-2:] == [answer, doc]
+    assert sample.edges[-2:] == [first, second]
+    assert sample.get_node(answer["id"]) is answer
+    again = Canvas.from_json(sample.to_json())
+    assert again.to_json() == sample.to_json()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda c: c.add_text_node(1, 0, 0, 1, 1),
+            'text node: "text" must be a string, not number',
+        ),
+        (lambda c: c.add_file_node(None, 0, 0, 1, 1), 'file node: "file" must be a string'),
+        (lambda c: c.add_text_node("t", "0", 0, 1, 1), 'text node: "x" must be a number'),
+        (lambda c: c.add_text_node("t", 0, 0, math.inf, 1), '"width" must be between'),
+        (lambda c: c.add_text_node("t", 0, 0, 1, 1, color="9"), 'text node: "color" must be'),
+        (lambda c: c.add_edge("n1", "zz"), 'no node with id "zz"'),
+        (lambda c: c.add_edge("n1", "q1", from_side="up"), 'edge: "fromSide" must be one of'),
+        (lambda c: c.add_edge("n1", "q1", label=5), 'edge: "label" must be a string'),
+        (lambda c: c.add_edge("n1", "q1", color="blue"), 'edge: "color" must be'),
+    ],
+)
+def test_add_refuses_invalid_arguments(sample: Canvas, call: Any, message: str) -> None:
+    before = sample.to_json()
+    with pytest.raises(CanvasError) as info:
+        call(sample)
+    assert message in str(info.value)
+    assert sample.to_json() == before
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def test_find_free_spot_right_of_the_anchor_when_free(sample: Canvas) -> None:
+    assert sample.find_free_spot("n1", 250, 150, gap=50) == (300, 0)
+
+
+def test_find_free_spot_moves_below_obstacles() -> None:
+    canvas = Canvas()
+    anchor = canvas.add_text_node("a", 0, 0, 100, 100)
+    canvas.add_text_node("above", 150, -500, 100, 100)  # in the column, but above
+    canvas.add_text_node("b1", 150, 0, 100, 100)
+    canvas.add_text_node("b2", 300, 180, 100, 100)  # overlaps the x-range with the gap
+    canvas.add_text_node("far", 150, 10_000, 100, 100)  # below: stops the scan
+    canvas.add_text_node("elsewhere", 5000, 0, 100, 100)
+    assert canvas.find_free_spot(anchor, 200, 50, gap=50) == (150, 330)
+
+
+def test_groups_are_not_obstacles() -> None:
+    canvas = Canvas(
+        {
+            "nodes": [
+                text_node("a", 0, 0),
+                {"id": "g", "type": "group", "x": -100, "y": -100, "width": 2000, "height": 2000},
+            ]
+        }
+    )
+    assert canvas.find_free_spot("a", 100, 100) == (300, 0)
+
+
+def test_find_free_spot_rounds_up_to_whole_pixels() -> None:
+    canvas = Canvas({"nodes": [text_node("a", 0.5, 0.25), text_node("b", 270.5, 0.5)]})
+    x, y = canvas.find_free_spot("a", 10, 10, gap=10)
+    assert (x, y) == (261, 71)
+    assert isinstance(x, int)
+    assert isinstance(y, int)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"width": -1}, '"width" must not be negative'),
+        ({"height": "1"}, '"height" must be a number, not string'),
+        ({"gap": -5}, '"gap" must not be negative'),
+        ({"gap": math.nan}, '"gap" must be between'),
+    ],
+)
+def test_find_free_spot_refuses_bad_sizes(kwargs: dict[str, Any], message: str) -> None:
+    canvas = Canvas({"nodes": [text_node("a")]})
+    args: dict[str, Any] = {"width": 10, "height": 10, "gap": 5}
+    args.update(kwargs)
+    with pytest.raises(CanvasError, match=re.escape(message)):
+        canvas.find_free_spot("a", args["width"], args["height"], gap=args["gap"])
+    with pytest.raises(CanvasError, match="no node"):
+        canvas.find_free_spot("zz", 1, 1)
+
+
+coord = st.integers(min_value=-2000, max_value=2000) | st.floats(
+    min_value=-2000, max_value=2000, allow_nan=False
+)
+size = st.integers(min_value=0, max_value=600) | st.floats(min_value=0, max_value=600)
+rects = st.tuples(coord, coord, size, size, st.sampled_from(["text", "file", "group", "other"]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    others=st.lists(rects, max_size=40),
+    anchor=st.tuples(coord, coord, size, size),
+    new=st.tuples(size, size),
+    gap=st.integers(min_value=0, max_value=120) | st.floats(min_value=0, max_value=120),
+)
+def test_find_free_spot_never_overlaps(
+    others: list[tuple[Any, ...]],
+    anchor: tuple[Any, ...],
+    new: tuple[Any, Any],
+    gap: float,
+) -> None:
+    nodes = [
+        {
+            "id": "anchor",
+            "type": "text",
+            "text": "",
+            **dict(zip(("x", "y", "width", "height"), anchor)),
+        }
+    ]
+    for index, (x, y, w, h, kind) in enumerate(others):
+        node = {"id": f"n{index}", "type": kind, "x": x, "y": y, "width": w, "height": h}
+        node.update({"text": ""} if kind == "text" else {"file": "f.md"} if kind == "file" else {})
+        nodes.append(node)
+    canvas = Canvas({"nodes": nodes})
+    width, height = new
+    x, y = canvas.find_free_spot("anchor", width, height, gap=gap)
+    spot = Rect(x, y, width, height)
+    box = node_rect(canvas.node("anchor"))
+    assert x == math.ceil(box.right + gap)
+    assert x >= box.right + gap
+    assert y >= box.y
+    for node in canvas.nodes:
+        if node["type"] != "group":
+            assert not spot.overlaps(node_rect(node), gap), node
+
+
+def test_find_free_spot_is_fast_on_a_big_stacked_column() -> None:
+    nodes = [text_node("anchor", 0, 0)]
+    nodes += [text_node(f"n{i}", 300, i * 100) for i in range(10_000)]
+    canvas = Canvas({"nodes": nodes})
+    assert canvas.find_free_spot("anchor", 250, 60, gap=50) == (300, 10_000 * 100 - 100 + 60 + 50)
+
+
+# --------------------------------------------------------------------------- serialising
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_fast_serialiser_matches_json_dumps(value: Any) -> None:
+    assert canvas_mod._dumps(value) == dumps(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [{"a": 1}, {"b": [1, {}]}, {}],
+        [{"a": 1}, {"b": 2}],
+        [{"a": 1}, 2],
+        [{"a": "}"}, {"b": "{"}, {"c": "},\n{"}],
+        {"a": ({"b": 1},)},  # a tuple: json.dumps writes it as an array
+        [{1: "int key"}],
+        {"x": {2: 3}},
+        [(1, 2)],
+        {"n": {"deep": [1, [2, [3]]]}},
+        [],
+        {},
+        "text",
+        (1, 2),
+    ],
+)
+def test_fast_serialiser_matches_json_dumps_on_edge_cases(value: Any) -> None:
+    assert canvas_mod._dumps(value) == dumps(value)
+
+
+def test_to_json_escapes_lone_surrogates() -> None:
+    canvas = Canvas.from_json('{"nodes": [], "odd": "a\\ud800b"}')
+    text = canvas.to_json()
+    assert "\\ud800" in text
+    text.encode("utf-8")
+    assert Canvas.from_json(text).data["odd"] == "a\ud800b"
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def test_save_atomic_makes_a_backup_of_the_old_bytes(tmp_path: Path) -> None:
+    target = tmp_path / "notes.canvas"
+    target.write_bytes(b"old bytes")
+    os.chmod(target, 0o640)
+    backup = save_atomic(target, "new text ✓")
+    assert backup == tmp_path / "notes.canvas.bak"
+    assert backup.read_bytes() == b"old bytes"
+    assert target.read_text(encoding="utf-8") == "new text ✓"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.canvas", "notes.canvas.bak"]
+    assert save_atomic(target, b"third", backup=False) is None
+    assert backup.read_bytes() == b"old bytes"
+    assert target.read_bytes() == b"third"
+
+
+def test_save_atomic_creates_a_new_file_without_backup(tmp_path: Path) -> None:
+    target = tmp_path / "new.canvas"
+    assert save_atomic(str(target), "{}") is None
+    assert target.read_text() == "{}"
+    assert not (tmp_path / "new.canvas.bak").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_save_atomic_follows_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real.canvas"
+    real.write_text("old")
+    link = tmp_path / "link.canvas"
+    link.symlink_to(real)
+    backup = save_atomic(link, "new")
+    assert link.is_symlink()
+    assert real.read_text() == "new"
+    assert backup == tmp_path / "real.canvas.bak"
+
+
+def test_save_atomic_leaves_the_original_untouched_when_replace_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "notes.canvas"
+    target.write_bytes(b"original")
+    real_replace = os.replace
+
+    def failing_replace(src: Any, dst: Any) -> None:
+        if Path(dst) == target:
+            raise OSError("disk on fire")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(canvas_mod.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk on fire"):
+        save_atomic(target, "new")
+    assert target.read_bytes() == b"original"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.canvas", "notes.canvas.bak"]
+
+
+def test_save_atomic_leaves_the_original_untouched_when_writing_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "notes.canvas"
+    target.write_bytes(b"original")
+
+    def failing_fsync(_fd: int) -> None:
+        raise OSError("no space left")
+
+    monkeypatch.setattr(canvas_mod.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="no space left"):
+        save_atomic(target, "new", backup=False)
+    assert target.read_bytes() == b"original"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.canvas"]
+
+
+def test_save_atomic_retries_a_taken_temp_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "notes.canvas"
+    (tmp_path / ".notes.canvas.aaaa.tmp").write_text("someone else's")
+    names = iter(["aaaa", "bbbb"])
+    monkeypatch.setattr(canvas_mod.secrets, "token_hex", lambda _n: next(names))
+    save_atomic(target, "new")
+    assert target.read_text() == "new"
+    assert (tmp_path / ".notes.canvas.aaaa.tmp").read_text() == "someone else's"
+
+
+def test_directory_fsync_problems_are_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def no_directories(path: Any, flags: int, *args: Any) -> int:
+        if Path(path).is_dir():
+            raise PermissionError("cannot open a directory")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(canvas_mod.os, "open", no_directories)
+    save_atomic(tmp_path / "a.canvas", "one")
+    monkeypatch.undo()
+
+    real_fsync = os.fsync
+
+    def no_directory_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError("fsync of a directory is not supported")
+        real_fsync(fd)
+
+    monkeypatch.setattr(canvas_mod.os, "fsync", no_directory_fsync)
+    save_atomic(tmp_path / "a.canvas", "two")
+    assert (tmp_path / "a.canvas").read_text() == "two"
+
+
+def test_save_and_changed_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "notes.canvas"
+    path.write_text(dumps(SAMPLE), encoding="utf-8")
+    canvas = Canvas.load(path)
+    assert not canvas.changed_on_disk()
+    original = path.read_bytes()
+
+    path.write_bytes(original.replace(b"monad", b"MONAD"))  # same size, other bytes
+    assert canvas.changed_on_disk()
+    path.write_bytes(original + b"\n")
+    assert canvas.changed_on_disk()
+    path.write_bytes(original)
+    assert not canvas.changed_on_disk()
+    path.unlink()
+    assert canvas.changed_on_disk()
+    path.mkdir()
+    assert canvas.changed_on_disk()
+    path.rmdir()
+    path.write_bytes(original)
+
+    canvas.add_text_node("answer", 300, 0, 250, 150, color="5")
+    backup = canvas.save()
+    assert backup == tmp_path / "notes.canvas.bak"
+    assert backup.read_bytes() == original
+    assert path.read_text(encoding="utf-8") == canvas.to_json()
+    assert not canvas.changed_on_disk()
+    assert canvas.source_digest == hashlib.sha256(path.read_bytes()).hexdigest()
+
+    other = tmp_path / "copy.canvas"
+    assert canvas.save(other, backup=False) is None
+    assert canvas.path == other
+    assert Canvas.load(other).to_json() == canvas.to_json()
+
+
+def test_canvas_without_a_file() -> None:
+    canvas = Canvas.from_json("{}")
+    with pytest.raises(CanvasError, match="not loaded from or saved to a file"):
+        canvas.changed_on_disk()
+    with pytest.raises(CanvasError, match="no path to save"):
+        canvas.save()
