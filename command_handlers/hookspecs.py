@@ -6,6 +6,8 @@ hooks (``on_*``) may be plain functions or coroutine functions; a listener that
 raises is logged with its plugin's name and never fails a task or the run.
 """
 
+# pylint: disable=unused-argument  # hook specifications only declare their arguments
+
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping, Sequence

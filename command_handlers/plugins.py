@@ -26,7 +26,7 @@ from command_handlers.async_execution_engine import (
     AsyncTask,
     DependencyCycleError,
 )
-from command_handlers.default_plugins import engine_backend, routing
+from command_handlers.default_plugins import command_agent, engine_backend, llm_agents, routing
 from command_handlers.settings import Settings
 
 __all__ = [
@@ -53,6 +53,8 @@ LOAD_PLUGINS_ENV = "COMMAND_HANDLERS_LOAD_PLUGINS"
 DEFAULT_PLUGINS: Mapping[str, object] = {
     "engine": engine_backend,
     "color-router": routing,
+    "llm-agents": llm_agents,
+    "command-agent": command_agent,
 }
 
 
@@ -289,7 +291,7 @@ class _Listeners:
                 impl.function,
                 tuple(spec_args.index(name) for name in impl.argnames),
                 _plugin_name(pm, impl),
-                len(impl.argnames) == len(spec_args),
+                tuple(impl.argnames) == tuple(spec_args),
             )
             for impl in reversed(caller.get_hookimpls())
             if not (impl.hookwrapper or impl.wrapper)

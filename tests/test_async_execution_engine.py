@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -73,9 +74,9 @@ def test_async_task_fields_order_annotations_and_defaults() -> None:
     ]
     hints = typing.get_type_hints(AsyncTask)
     assert hints["task_id"] is str
-    assert hints["node_data"] == typing.Dict[str, typing.Any]
+    assert hints["node_data"] == typing.Dict[str, typing.Any]  # noqa: UP006
     assert hints["priority"] is int
-    assert hints["dependencies"] == typing.Optional[typing.List[str]]
+    assert hints["dependencies"] == typing.Optional[typing.List[str]]  # noqa: UP006
     assert AsyncTask("a", "b", {}, 3, ["x"]).dependencies == ["x"]
 
 
@@ -347,7 +348,9 @@ async def test_executor_not_callable(method: str) -> None:
         ),
     ],
 )
-async def test_bad_input_runs_nothing(tasks: list[Any], error: type[Exception], message: str) -> None:
+async def test_bad_input_runs_nothing(
+    tasks: list[Any], error: type[Exception], message: str
+) -> None:
     recorder = Recorder()
     with pytest.raises(error, match=message):
         await AsyncExecutionEngine().execute_with_dependency_awareness(tasks, recorder)
@@ -468,9 +471,7 @@ def test_topological_sort_is_a_real_ordering_with_priority_tie_break() -> None:
 async def test_one_engine_runs_again_without_leaking_results() -> None:
     engine = AsyncExecutionEngine()
     await engine.execute_parallel(make_tasks(3), Recorder(fail=frozenset({"task-0"})))
-    summary = await engine.execute_parallel(
-        [AsyncTask("other", "a", {})], Recorder()
-    )
+    summary = await engine.execute_parallel([AsyncTask("other", "a", {})], Recorder())
     assert summary["total"] == 1
     assert engine.completed_tasks == {"other": {"task_id": "other", "result": "success"}}
     assert engine.failed_tasks == {}
@@ -549,10 +550,8 @@ async def test_repeated_cancel_still_waits_for_slow_cleanup() -> None:
             await asyncio.Event().wait()
         finally:
             while not release.is_set():  # cleanup that outlives repeated cancels
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await release.wait()
-                except asyncio.CancelledError:
-                    pass
             finished_cleanup.append(task.task_id)
 
     run = asyncio.ensure_future(engine.execute_parallel(make_tasks(2), stubborn))

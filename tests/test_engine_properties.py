@@ -107,7 +107,9 @@ def test_random_dags_with_random_failures(
         assert peak["a"] <= agent_limit
     assert summary["total"] == summary["success"] + summary["failed"] + summary["skipped"]
     expected = expected_outcomes(tasks, failing)
-    assert {r["id"] for r in summary["results"]} == {k for k, v in expected.items() if v == "success"}
+    assert {r["id"] for r in summary["results"]} == {
+        k for k, v in expected.items() if v == "success"
+    }
     assert {e["task_id"] for e in summary["errors"]} == {
         k for k, v in expected.items() if v == "failed"
     }

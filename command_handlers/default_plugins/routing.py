@@ -33,9 +33,10 @@ def choose_agent(
     del agents
     settings = context.get("settings")
     color_map = settings.color_map if isinstance(settings, Settings) else DEFAULT_COLOR_MAP
+    by_color = {key.lower(): agent for key, agent in color_map.items()}
     color = node.get("color")
-    if isinstance(color, str) and color.lower() in color_map:
-        return color_map[color.lower()]
+    if isinstance(color, str) and color.lower() in by_color:
+        return by_color[color.lower()]
     if NOTE_COLOR in color_map:
         return color_map[NOTE_COLOR]
     return next(iter(color_map.values()), None)

@@ -1,0 +1,236 @@
+"""Tests for command_handlers.default_plugins.llm_agents, with the offline echo model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from command_handlers.agent_definitions import load_agents
+from command_handlers.default_plugins import llm_agents
+from command_handlers.default_plugins.llm_agents import (
+    ECHO_MODEL,
+    LlmAgentExecutor,
+    check_model,
+    register_executors,
+    run_model_id,
+    task_prompt,
+    uses_echo,
+)
+from command_handlers.plugins import AsyncTask, get_plugin_manager, run_tasks
+from command_handlers.settings import Settings
+
+BUNDLED = sorted(load_agents())
+
+AGENT_FILE = """\
+---
+name: {name}
+description: {name} explains.
+model: {model}
+---
+You are {name}, a tutor.
+"""
+
+
+@pytest.fixture(autouse=True)
+def llm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep llm away from the user's configuration and keys."""
+    home = tmp_path / "llm-home"
+    home.mkdir()
+    monkeypatch.setenv("LLM_USER_PATH", str(home))
+    return home
+
+
+def collect(settings: Settings) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Call the hook directly and return agent name -> (executor, register kwargs)."""
+    found: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+    def register(name: str, executor: Any, max_concurrency: Any = None, **kwargs: Any) -> None:
+        assert name not in found
+        assert max_concurrency is None
+        found[name] = (executor, kwargs)
+
+    register_executors(register=register, settings=settings)
+    return found
+
+
+def agents_dir(tmp_path: Path, **models: str) -> Path:
+    """Write one agent file per ``name=model`` into a fresh folder."""
+    folder = tmp_path / "agents"
+    folder.mkdir()
+    for name, model in models.items():
+        (folder / f"{name}.md").write_text(AGENT_FILE.format(name=name, model=model), "utf-8")
+    return folder
+
+
+def task(prompt: Any = "What is a monad?", agent: str = "tutor", task_id: str = "t1") -> AsyncTask:
+    """A task whose node_data holds ``prompt`` (left out when ``prompt`` is ``...``)."""
+    data = {} if prompt is ... else {"prompt": prompt}
+    return AsyncTask(task_id=task_id, agent_name=agent, node_data=data)
+
+
+def echoed(result: dict[str, str]) -> dict[str, Any]:
+    """The request the echo model answered with."""
+    answer: dict[str, Any] = json.loads(result["text"])
+    return answer
+
+
+def test_registers_every_bundled_agent_with_its_description() -> None:
+    found = collect(Settings())
+    definitions = load_agents()
+    assert sorted(found) == BUNDLED
+    for name, (executor, kwargs) in found.items():
+        assert isinstance(executor, LlmAgentExecutor)
+        assert kwargs == {"description": definitions[name].description}
+        assert executor.agent == definitions[name]
+
+
+def test_registers_nothing_when_an_agent_command_is_set() -> None:
+    assert collect(Settings(agent_command=("cat",))) == {}
+
+
+def test_agents_dirs_add_agents(tmp_path: Path) -> None:
+    found = collect(Settings(agents_dirs=(agents_dir(tmp_path, tutor="inherit"),)))
+    assert sorted(found) == sorted([*BUNDLED, "tutor"])
+    assert found["tutor"][1] == {"description": "tutor explains."}
+
+
+async def test_echo_answer_holds_the_prompt_and_the_system_prompt() -> None:
+    executor, _ = collect(Settings())["oral-explanation"]
+    prompt = "Explain recursion.\n\n$(touch pwned) `id`; rm -rf x"
+    result = await executor(task(prompt, agent="oral-explanation"))
+    assert set(result) == {"text", "agent", "model"}
+    assert result["agent"] == "oral-explanation"
+    assert result["model"] == ECHO_MODEL
+    request = echoed(result)
+    assert request["prompt"] == prompt
+    assert request["system"] == load_agents()["oral-explanation"].system_prompt
+    assert prompt in result["text"] or json.dumps(prompt) in result["text"]
+
+
+async def test_explicit_echo_run_model_and_inherit(tmp_path: Path) -> None:
+    folder = agents_dir(tmp_path, tutor="inherit")
+    executor, _ = collect(Settings(model="echo", agents_dirs=(folder,)))["tutor"]
+    assert executor.agent.model is None
+    result = await executor(task())
+    assert result["model"] == "echo"
+    assert echoed(result)["prompt"] == "What is a monad?"
+    assert echoed(result)["system"] == "You are tutor, a tutor."
+
+
+async def test_unknown_agent_model_falls_back_with_one_warning_per_agent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = agents_dir(tmp_path, tutor="opus", coach="sonnet")
+    found = collect(Settings(agents_dirs=(folder,)))
+    caplog.set_level(logging.WARNING, logger="command_handlers.agents")
+    for _ in range(3):
+        for name in ("tutor", "coach"):
+            result = await found[name][0](task(f"question for {name}", agent=name))
+            assert result["model"] == ECHO_MODEL
+            assert echoed(result)["prompt"] == f"question for {name}"
+    warnings = [r for r in caplog.records if r.name == "command_handlers.agents"]
+    assert len(warnings) == 2
+    assert all(r.levelno == logging.WARNING for r in warnings)
+    messages = sorted(r.getMessage() for r in warnings)
+    assert "'coach'" in messages[0]
+    assert "'sonnet'" in messages[0]
+    assert "'echo'" in messages[0]
+    assert "'tutor'" in messages[1]
+    assert "'opus'" in messages[1]
+
+
+async def test_unknown_agent_model_falls_back_to_the_run_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = agents_dir(tmp_path, tutor="opus")
+    executor, _ = collect(Settings(model="echo", agents_dirs=(folder,)))["tutor"]
+    with caplog.at_level(logging.WARNING, logger="command_handlers.agents"):
+        assert executor.model_id == "echo"
+        assert executor.model_id == "echo"
+    assert len(caplog.records) == 1
+
+
+def test_a_known_agent_model_wins_over_the_run_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = agents_dir(tmp_path, tutor="gpt-4o-mini", coach="echo")
+    found = collect(Settings(agents_dirs=(folder,)))
+    with caplog.at_level(logging.WARNING, logger="command_handlers.agents"):
+        assert found["tutor"][0].model_id == "gpt-4o-mini"
+        assert found["coach"][0].model_id == "echo"
+    assert caplog.records == []
+
+
+async def test_an_agent_model_of_its_own_answers(tmp_path: Path) -> None:
+    folder = agents_dir(tmp_path, coach="echo")
+    executor, _ = collect(Settings(model="gpt-4o-mini", agents_dirs=(folder,)))["coach"]
+    result = await executor(task(agent="coach"))
+    assert result == {"text": result["text"], "agent": "coach", "model": "echo"}
+
+
+async def test_an_unknown_run_model_fails_the_call_clearly() -> None:
+    executor, _ = collect(Settings(model="no-such-model"))["memory-anchor"]
+    with pytest.raises(ValueError, match=r"unknown model 'no-such-model'; `llm models`"):
+        await executor(task(agent="memory-anchor"))
+
+
+@pytest.mark.parametrize(
+    "node_data", [{}, {"prompt": None}, {"prompt": 42}, {"text": "a canvas node"}]
+)
+async def test_a_task_without_a_prompt_string_is_a_value_error(node_data: dict[str, Any]) -> None:
+    executor, _ = collect(Settings())["memory-anchor"]
+    bad = AsyncTask(task_id="n7", agent_name="memory-anchor", node_data=node_data)
+    with pytest.raises(ValueError, match=r"task 'n7' for agent 'memory-anchor' has no 'prompt'"):
+        await executor(bad)
+
+
+def test_task_prompt_rejects_node_data_that_is_not_a_mapping() -> None:
+    bad = AsyncTask(task_id="n8", agent_name="tutor", node_data=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no 'prompt' string"):
+        task_prompt(bad)
+    assert task_prompt(task("")) == ""
+
+
+def test_check_model() -> None:
+    check_model(None)
+    check_model("echo")
+    with pytest.raises(
+        ValueError, match=r"^unknown model 'opus'; `llm models` lists the installed"
+    ):
+        check_model("opus")
+
+
+def test_run_model_id_and_uses_echo() -> None:
+    assert run_model_id(Settings()) == ECHO_MODEL
+    assert run_model_id(Settings(model="gpt-4o")) == "gpt-4o"
+    assert uses_echo(Settings())
+    assert uses_echo(Settings(model="echo"))
+    assert not uses_echo(Settings(model="gpt-4o"))
+
+
+def test_the_executor_resolves_lazily(tmp_path: Path) -> None:
+    agent = load_agents([agents_dir(tmp_path, tutor="opus")])["tutor"]
+    executor = LlmAgentExecutor(agent, None)
+    assert executor.run_model == ECHO_MODEL
+    assert executor._model_id is None  # pylint: disable=protected-access
+
+
+async def test_through_the_plugin_manager_and_run_tasks(tmp_path: Path) -> None:
+    pm = get_plugin_manager(load_entry_points=False)
+    assert pm.get_plugin("llm-agents") is llm_agents
+    folder = agents_dir(tmp_path, tutor="inherit")
+    summary = await run_tasks(
+        [task("Why is the sky blue?"), task(..., agent="memory-anchor", task_id="t2")],
+        pm=pm,
+        settings=Settings(agents_dirs=(folder,)),
+    )
+    assert (summary["success"], summary["failed"]) == (1, 1)
+    (result,) = summary["results"]
+    assert result["agent"] == "tutor"
+    assert echoed(result)["prompt"] == "Why is the sky blue?"
+    assert "no 'prompt' string" in summary["errors"][0]["error"]
+    assert summary["errors"][0]["error_type"] == "ValueError"
