@@ -30,6 +30,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import Any, Callable, Dict, List, Optional, Union  # noqa: UP035
 
 __all__ = [
@@ -118,20 +119,37 @@ class _Run:
     ) -> None:
         self.tasks = tasks
         count = len(tasks)
-        self.state = [_PENDING] * count
-        self.results: list[Any] = [None] * count
+        self.state = bytearray(count)  # one _PENDING.._SKIPPED byte per task
+        self.outcomes: dict[str, Any] = {}  # task id -> result, of the tasks that succeeded
         self.errors: dict[int, BaseException] = {}
         self.skipped: list[dict[str, str]] = []
         self.unresolved = count
+        self.dependency_aware = dependency_aware
         self.agent_limits = dict(agent_limits)
         self.agent_running = dict.fromkeys(self.agent_limits, 0)
         self.idle: list[asyncio.Future[None]] = []
-        index = {task.task_id: i for i, task in enumerate(tasks)}
-        self.dependents: Sequence[Sequence[int]] = [()] * count
+        self.dependents: Sequence[Sequence[int]] = ()
+        self.waiting_on: list[int] = []
+        # A flat run without agent limits takes its tasks in one fixed order.
+        self.order: Sequence[int] | None = None
+        self.position = 0
+        if not dependency_aware and not self.agent_limits:
+            first = tasks[0].priority
+            if all(task.priority == first for task in tasks):
+                self.order = range(count)
+            else:  # sorted() is stable: equal priorities keep input order
+                self.order = sorted(range(count), key=lambda i: -tasks[i].priority)
+            return
+        self._build_heaps(dependency_aware)
+
+    def _build_heaps(self, dependency_aware: bool) -> None:
+        tasks = self.tasks
+        count = len(tasks)
         self.waiting_on = [0] * count
         # Heap key: one int, smaller first; the task's index is key % count.
         ranks = [0] * count
         if dependency_aware:
+            index = {task.task_id: i for i, task in enumerate(tasks)}
             self.dependents, self.waiting_on = _dependency_graph(tasks, index)
             ranks = _chain_lengths(self.dependents, _kahn_order(tasks, self.dependents))
         top_priority = max(task.priority for task in tasks)
@@ -156,6 +174,13 @@ class _Run:
 
     def next_ready(self) -> int | None:
         """Take the best ready task whose agent has a free slot, if any."""
+        order = self.order
+        if order is not None:
+            position = self.position
+            if position < len(order):
+                self.position = position + 1
+                return order[position]
+            return None
         best: str | None = None
         best_key = -1
         for bucket, heap in self.ready.items():
@@ -177,13 +202,15 @@ class _Run:
     def succeed(self, i: int, result: Any) -> None:
         """Record a success and make ready the dependents it was the last wait of."""
         self.state[i] = _SUCCEEDED
-        self.results[i] = result
+        self.outcomes[self.tasks[i].task_id] = result
         self.unresolved -= 1
-        self._release_agent(i)
-        for child in self.dependents[i]:
-            self.waiting_on[child] -= 1
-            if self.waiting_on[child] == 0 and self.state[child] == _PENDING:
-                heapq.heappush(self.ready[self._bucket(child)], self.keys[child])
+        if self.agent_limits:
+            self._release_agent(i)
+        if self.dependency_aware:
+            for child in self.dependents[i]:
+                self.waiting_on[child] -= 1
+                if self.waiting_on[child] == 0 and self.state[child] == _PENDING:
+                    heapq.heappush(self.ready[self._bucket(child)], self.keys[child])
 
     def fail(self, i: int, exc: BaseException) -> list[int]:
         """Record a failure; skip every task that depends on it, directly or not.
@@ -194,7 +221,10 @@ class _Run:
         self.state[i] = _FAILED
         self.errors[i] = exc
         self.unresolved -= 1
-        self._release_agent(i)
+        if self.agent_limits:
+            self._release_agent(i)
+        if not self.dependency_aware:
+            return []
         blocked_by = self.tasks[i].task_id
         newly_skipped: list[int] = []
         stack = list(self.dependents[i])
@@ -235,7 +265,12 @@ class _Run:
                     "error_type": type(exc).__name__,
                 }
             )
-        results = [self.results[i] for i, s in enumerate(self.state) if s == _SUCCEEDED]
+        outcomes = self.outcomes
+        results = [
+            outcomes[task.task_id]
+            for task, state in zip(self.tasks, self.state)
+            if state == _SUCCEEDED
+        ]
         return {
             "total": len(self.tasks),
             "success": len(results),
@@ -314,16 +349,33 @@ def _chain_lengths(dependents: Sequence[Sequence[int]], order: list[int]) -> lis
     return lengths
 
 
+def _call(callback: Callable[..., Any], task_id: str, *args: Any) -> Awaitable[Any] | None:
+    """Call a sync or async callback; return what is left to await, log what it raised."""
+    try:
+        outcome = callback(*args)
+    except Exception:  # pylint: disable=broad-exception-caught
+        logger.exception("callback %r for task %r raised; the run goes on", callback, task_id)
+        return None
+    if outcome is None or not inspect.isawaitable(outcome):
+        return None
+    return outcome  # type: ignore[no-any-return]
+
+
+async def _settle(pending: Awaitable[Any], task_id: str) -> None:
+    """Await what an async callback returned; log and swallow anything it raises."""
+    try:
+        await pending
+    except Exception:  # pylint: disable=broad-exception-caught
+        logger.exception("callback for task %r raised; the run goes on", task_id)
+
+
 async def _notify(callback: Callable[..., Any] | None, task_id: str, *args: Any) -> None:
     """Call a sync or async callback, if any; log and swallow anything it raises."""
     if callback is None:
         return
-    try:
-        outcome = callback(*args)
-        if inspect.isawaitable(outcome):
-            await outcome
-    except Exception:  # pylint: disable=broad-exception-caught
-        logger.exception("callback %r for task %r raised; the run goes on", callback, task_id)
+    pending = _call(callback, task_id, *args)
+    if pending is not None:
+        await _settle(pending, task_id)
 
 
 class AsyncExecutionEngine:
@@ -496,6 +548,8 @@ class AsyncExecutionEngine:
 
         Reports the result, or the exception's text, to ``progress_callback``
         and always removes the task from :attr:`active_tasks` when it ends.
+        (A run's workers hold one slot each for as long as they work, and run
+        their tasks with the same reporting.)
 
         Args:
             task: The task to run.
@@ -509,27 +563,47 @@ class AsyncExecutionEngine:
             TypeError: ``executor_func`` returned something that is not awaitable.
             Exception: Whatever ``executor_func`` raised, re-raised after reporting.
         """
-        current = asyncio.current_task()
         async with self.semaphore:
-            if current is not None:
-                self.active_tasks[task.task_id] = current
-            try:
-                pending = executor_func(task)
-                if not inspect.isawaitable(pending):
-                    raise TypeError(
-                        f"executor_func returned {type(pending).__name__}, not an awaitable,"
-                        f" for task {task.task_id!r}"
-                    )
-                result = await pending
-            except Exception as exc:
-                logger.info("task %r failed: %s: %s", task.task_id, type(exc).__name__, exc)
-                await _notify(progress_callback, task.task_id, task.task_id, None, _error_text(exc))
-                raise
-            finally:
-                if self.active_tasks.get(task.task_id) is current:
-                    del self.active_tasks[task.task_id]
+            return await self._execute_one(
+                task, executor_func, progress_callback, asyncio.current_task()
+            )
+
+    async def _execute_one(
+        self,
+        task: AsyncTask,
+        executor_func: ExecutorFunc,
+        progress_callback: ProgressCallback | None,
+        current: asyncio.Task[Any] | None,
+    ) -> Any:
+        """Run one task (the caller holds a slot), report it, keep active_tasks right."""
+        task_id = task.task_id
+        active = self.active_tasks
+        if current is not None:
+            active[task_id] = current
+        try:
+            pending = executor_func(task)
+            if type(pending) is not CoroutineType and not inspect.isawaitable(pending):
+                raise TypeError(
+                    f"executor_func returned {type(pending).__name__}, not an awaitable,"
+                    f" for task {task_id!r}"
+                )
+            result = await pending
+        except Exception as exc:
+            logger.info("task %r failed: %s: %s", task_id, type(exc).__name__, exc)
             if progress_callback is not None:
-                await _notify(progress_callback, task.task_id, task.task_id, result, None)
+                await _notify(progress_callback, task_id, task_id, None, _error_text(exc))
+            raise
+        finally:
+            if active.get(task_id) is current:
+                del active[task_id]
+        if progress_callback is not None:
+            # The hot path: a sync callback costs one call, no coroutine.
+            reported = _call(progress_callback, task_id, task_id, result, None)
+            if reported is not None:
+                try:
+                    await reported
+                except Exception:  # pylint: disable=broad-exception-caught
+                    logger.exception("callback for task %r raised; the run goes on", task_id)
         return result
 
     async def _run(
@@ -566,11 +640,7 @@ class AsyncExecutionEngine:
             await _cancel_and_wait(workers)
             raise
         summary = run.summary()
-        self.completed_tasks = {
-            task.task_id: run.results[i]
-            for i, task in enumerate(task_list)
-            if run.state[i] == _SUCCEEDED
-        }
+        self.completed_tasks = run.outcomes
         self.failed_tasks = {error["task_id"]: error["error"] for error in summary["errors"]}
         logger.info(
             "run finished: %d succeeded, %d failed, %d skipped",
@@ -587,35 +657,52 @@ class AsyncExecutionEngine:
         progress_callback: ProgressCallback | None,
         start_callback: StartCallback | None,
     ) -> None:
-        """Take ready tasks one at a time until every task of the run is resolved."""
+        """Hold one slot and take ready tasks one at a time until the run is resolved."""
         loop = asyncio.get_running_loop()
-        while run.unresolved:
-            i = run.next_ready()
-            if i is None:
-                waiter = loop.create_future()
-                run.idle.append(waiter)
-                await waiter
-                continue
-            task = run.tasks[i]
-            if start_callback is not None:
-                await _notify(start_callback, task.task_id, task)
-            try:
-                result = await self._execute_with_semaphore(task, executor_func, progress_callback)
-            except Exception as exc:  # pylint: disable=broad-exception-caught
-                for child in run.fail(i, exc):
-                    skipped = run.tasks[child]
-                    await _notify(
-                        progress_callback,
-                        skipped.task_id,
-                        skipped.task_id,
-                        None,
-                        f"skipped: dependency {task.task_id!r} failed",
+        current = asyncio.current_task()
+        semaphore = self.semaphore
+        await semaphore.acquire()
+        held = True
+        try:
+            while run.unresolved:
+                i = run.next_ready()
+                if i is None:
+                    # Nothing ready for now: give the slot back while waiting.
+                    semaphore.release()
+                    held = False
+                    waiter = loop.create_future()
+                    run.idle.append(waiter)
+                    await waiter
+                    await semaphore.acquire()
+                    held = True
+                    continue
+                task = run.tasks[i]
+                if start_callback is not None:
+                    started = _call(start_callback, task.task_id, task)
+                    if started is not None:
+                        await _settle(started, task.task_id)
+                try:
+                    result = await self._execute_one(
+                        task, executor_func, progress_callback, current
                     )
-            else:
-                run.succeed(i, result)
-            # New work, a freed agent slot or the end of the run: let idle workers look.
-            if run.idle:
-                run.wake_idle()
+                except Exception as exc:  # pylint: disable=broad-exception-caught
+                    for child in run.fail(i, exc):
+                        skipped = run.tasks[child]
+                        await _notify(
+                            progress_callback,
+                            skipped.task_id,
+                            skipped.task_id,
+                            None,
+                            f"skipped: dependency {task.task_id!r} failed",
+                        )
+                else:
+                    run.succeed(i, result)
+                # New work, a freed agent slot or the end of the run: let idle workers look.
+                if run.idle:
+                    run.wake_idle()
+        finally:
+            if held:
+                semaphore.release()
 
 
 async def _cancel_and_wait(workers: Sequence[asyncio.Future[None]]) -> None:
@@ -636,7 +723,7 @@ async def _cancel_and_wait(workers: Sequence[asyncio.Future[None]]) -> None:
 
 def _validate_tasks(tasks: Sequence[AsyncTask], *, dependency_aware: bool) -> list[AsyncTask]:
     """Check the tasks before anything runs; return them as a list."""
-    task_list = list(tasks)
+    task_list = tasks if type(tasks) is list else list(tasks)
     if not task_list:
         raise ValueError("tasks list cannot be empty")
     seen: dict[str, int] = {}

@@ -101,10 +101,14 @@ def execute_tasks(
     max_concurrency: int,
     dependency_limit: int,
     agent_limits: Mapping[str, int],
-    progress_callback: Callable[[str, Any, str | None], Any],
-    start_callback: Callable[[Any], Any],
+    progress_callback: Callable[[str, Any, str | None], Any] | None,
+    start_callback: Callable[[Any], Any] | None,
 ) -> Awaitable[Mapping[str, Any]] | None:
     """Run the tasks; the first implementation that returns an awaitable wins.
+
+    The callbacks may be plain functions or coroutine functions: call them and
+    await what they return when it is awaitable. They are ``None`` when nobody
+    listens.
 
     The built-in implementation is the engine. A plugin can put another backend
     behind this hook (for example a distributed one) without any caller changing.
@@ -116,9 +120,26 @@ def execute_tasks(
         max_concurrency: At most this many tasks at once.
         dependency_limit: At most this many at once in the dependency-aware mode.
         agent_limits: agent name -> its own limit.
-        progress_callback: Call once per finished task as ``(task_id, result, error)``.
-        start_callback: Call with each task as it starts.
+        progress_callback: Call once per finished task as ``(task_id, result, error)``
+            (``None`` when nobody listens).
+        start_callback: Call with each task as it starts (``None`` when nobody listens).
 
     Returns:
         An awaitable of the summary dict (the engine's keys), or ``None``.
+    """
+
+
+@hookspec(firstresult=True)
+def cached_result(task: Any) -> Mapping[str, Any] | None:
+    """An earlier outcome that can stand for this task's, so it need not run.
+
+    A cache or journal plugin answers with the result an earlier run got for the
+    same input (same agent, text, model and agent definition, as the task's
+    ``node_data["input_hash"]`` says); the first non-``None`` answer wins.
+
+    Args:
+        task: The :class:`~command_handlers.plugins.AsyncTask` about to be run.
+
+    Returns:
+        The result dict to reuse, or ``None``.
     """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import operator
 import os
 import uuid
 from collections.abc import Awaitable, Iterable, Mapping
@@ -189,6 +190,22 @@ class ExecutorRegistry:
                 + (", ".join(self.names) or "none")
             ) from None
 
+    def router(self) -> Callable[[AsyncTask], Awaitable[Any]]:
+        """Return a function that starts each task on its agent's executor.
+
+        Returns:
+            ``route(task)``, as :meth:`route`, with the executors looked up once.
+        """
+        executors = {name: reg.executor for name, reg in self._agents.items()}
+
+        def route(task: AsyncTask) -> Awaitable[Any]:
+            executor = executors.get(task.agent_name)
+            if executor is None:
+                self._lookup(task.agent_name)  # raises UnknownAgentError
+            return executor(task)  # type: ignore[misc]
+
+        return route
+
     def route(self, task: AsyncTask) -> Awaitable[Any]:
         """Start the work of ``task`` on its agent's executor.
 
@@ -279,51 +296,89 @@ def collect_executors(
     return registry
 
 
+def _adapt(
+    function: Callable[..., Any], positions: tuple[int, ...], arity: int
+) -> Callable[..., Any]:
+    """Make an implementation that takes some of a hook's arguments accept all of them."""
+    if positions == tuple(range(arity)):
+        return function
+    if not positions:
+        return lambda *args: function()
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda *args: function(args[only])
+    pick = operator.itemgetter(*positions)
+    return lambda *args: function(*pick(args))
+
+
+def _is_coroutine_function(function: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(type(function), "__call__", None)  # noqa: B004 - an async __call__ method
+    )
+
+
 class _Listeners:
     """The implementations of one listener hook, called one by one and isolated."""
 
-    def __init__(self, pm: pluggy.PluginManager, hook_name: str) -> None:
+    def __init__(
+        self,
+        pm: pluggy.PluginManager,
+        hook_name: str,
+        extra: Callable[..., Any] | None = None,
+    ) -> None:
         caller = getattr(pm.hook, hook_name)
-        spec_args = caller.spec.argnames if caller.spec else ()
+        spec_args = tuple(caller.spec.argnames) if caller.spec else ()
         self.hook_name = hook_name
         self.impls = [
             (
-                impl.function,
-                tuple(spec_args.index(name) for name in impl.argnames),
+                _adapt(
+                    impl.function,
+                    tuple(spec_args.index(name) for name in impl.argnames),
+                    len(spec_args),
+                ),
                 _plugin_name(pm, impl),
-                tuple(impl.argnames) == tuple(spec_args),
             )
             for impl in reversed(caller.get_hookimpls())
             if not (impl.hookwrapper or impl.wrapper)
         ]
+        self.is_async = any(
+            _is_coroutine_function(impl.function)
+            for impl in caller.get_hookimpls()
+            if not (impl.hookwrapper or impl.wrapper)
+        )
+        if extra is not None:  # the caller's own callback, after the plugins
+            self.impls.append((extra, ""))
+            self.is_async = self.is_async or _is_coroutine_function(extra)
 
-    async def __call__(self, *args: Any) -> None:
-        for function, positions, plugin, takes_all in self.impls:
+    def callback(self) -> Callable[..., Any] | None:
+        """The cheapest callable that calls every implementation, or None if there is none."""
+        if not self.impls:
+            return None
+        return self.call_async if self.is_async else self.call_sync
+
+    def call_sync(self, *args: Any) -> None:
+        """Call every implementation (all plain functions); log what raises."""
+        for function, plugin in self.impls:
             try:
-                outcome = function(*args) if takes_all else function(*(args[i] for i in positions))
+                function(*args)
+            except Exception:  # pylint: disable=broad-exception-caught
+                self._log(plugin, args)
+
+    async def call_async(self, *args: Any) -> None:
+        """Call every implementation, awaiting coroutines; log what raises."""
+        for function, plugin in self.impls:
+            try:
+                outcome = function(*args)
                 if outcome is not None and inspect.isawaitable(outcome):
                     await outcome
             except Exception:  # pylint: disable=broad-exception-caught
-                logger.exception("plugin %r raised in %s; the run goes on", plugin, self.hook_name)
+                self._log(plugin, args)
 
-
-def _progress_relay(
-    listeners: _Listeners,
-    progress_callback: Callable[[str, Any, str | None], Any] | None,
-) -> Callable[[str, Any, str | None], Awaitable[None]]:
-    if progress_callback is None:
-        return listeners
-
-    async def relay(task_id: str, result: Any, error: str | None) -> None:
-        await listeners(task_id, result, error)
-        try:
-            outcome = progress_callback(task_id, result, error)
-            if inspect.isawaitable(outcome):
-                await outcome
-        except Exception:  # pylint: disable=broad-exception-caught
-            logger.exception("progress_callback raised for task %r; the run goes on", task_id)
-
-    return relay
+    def _log(self, plugin: str, args: tuple[Any, ...]) -> None:
+        if plugin:
+            logger.exception("plugin %r raised in %s; the run goes on", plugin, self.hook_name)
+        else:
+            logger.exception("progress_callback raised for task %r; the run goes on", args[0])
 
 
 async def run_tasks(
@@ -375,19 +430,19 @@ async def run_tasks(
         max_concurrency=max_concurrency,
         tasks=tuple(task_list),
     )
-    await _Listeners(pm, "on_run_start")(run)
+    await _Listeners(pm, "on_run_start").call_async(run)
     pending = pm.hook.execute_tasks(
         tasks=task_list,
-        executor=registry.route,
+        executor=registry.router(),
         dependency_aware=dependency_aware,
         max_concurrency=max_concurrency,
         dependency_limit=dependency_limit,
         agent_limits=registry.limits(),
-        progress_callback=_progress_relay(_Listeners(pm, "on_task_progress"), progress_callback),
-        start_callback=_Listeners(pm, "on_task_start"),
+        progress_callback=_Listeners(pm, "on_task_progress", progress_callback).callback(),
+        start_callback=_Listeners(pm, "on_task_start").callback(),
     )
     if pending is None:
         raise RuntimeError("no plugin implements execute_tasks")
     summary: dict[str, Any] = dict(await pending)
-    await _Listeners(pm, "on_run_end")(run, summary)
+    await _Listeners(pm, "on_run_end").call_async(run, summary)
     return summary

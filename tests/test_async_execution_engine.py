@@ -601,3 +601,28 @@ async def test_run_is_logged_on_the_engine_logger(caplog: pytest.LogCaptureFixtu
     assert any("run of 2 tasks started" in m for m in messages)
     assert any("'task-1' failed" in m for m in messages)
     assert any("1 succeeded, 1 failed, 0 skipped" in m for m in messages)
+
+
+async def test_execute_with_semaphore_holds_a_slot_reports_and_reraises() -> None:
+    engine = AsyncExecutionEngine(2)
+    seen: list[tuple[str, Any, Any]] = []
+    inside: list[int] = []
+
+    async def executor(task: AsyncTask) -> str:
+        inside.append(engine.semaphore._value)
+        assert engine.active_tasks[task.task_id] is asyncio.current_task()
+        if task.task_id == "bad":
+            raise ValueError("bad input")
+        return "fine"
+
+    def callback(task_id: str, result: Any, error: Any) -> None:
+        seen.append((task_id, result, error))
+
+    good = AsyncTask("good", "a", {})
+    assert await engine._execute_with_semaphore(good, executor, callback) == "fine"
+    with pytest.raises(ValueError, match="bad input"):
+        await engine._execute_with_semaphore(AsyncTask("bad", "a", {}), executor, callback)
+    assert inside == [1, 1]
+    assert engine.semaphore._value == 2
+    assert engine.active_tasks == {}
+    assert seen == [("good", "fine", None), ("bad", None, "bad input")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import sys
 import time
@@ -691,13 +692,20 @@ class SequentialBackend:
         self,
         tasks: Sequence[AsyncTask],
         executor: Executor,
-        progress_callback: Callable[[str, Any, str | None], Awaitable[None]],
-        start_callback: Callable[[AsyncTask], Awaitable[None]],
+        progress_callback: Callable[[str, Any, str | None], Any] | None,
+        start_callback: Callable[[AsyncTask], Any] | None,
     ) -> dict[str, Any]:
+        async def report(*args: Any) -> None:  # callbacks may be sync, async or absent
+            if progress_callback is not None and inspect.isawaitable(
+                outcome := progress_callback(*args)
+            ):
+                await outcome
+
         results: list[Any] = []
         errors: list[dict[str, str]] = []
         for task in tasks:
-            await start_callback(task)
+            if start_callback is not None and inspect.isawaitable(started := start_callback(task)):
+                await started
             try:
                 result = await executor(task)
             except Exception as exc:
@@ -709,10 +717,10 @@ class SequentialBackend:
                         "error_type": type(exc).__name__,
                     }
                 )
-                await progress_callback(task.task_id, None, str(exc))
+                await report(task.task_id, None, str(exc))
             else:
                 results.append(result)
-                await progress_callback(task.task_id, result, None)
+                await report(task.task_id, result, None)
         return {
             "total": len(tasks),
             "success": len(results),

@@ -17,8 +17,8 @@ def execute_tasks(
     max_concurrency: int,
     dependency_limit: int,
     agent_limits: Mapping[str, int],
-    progress_callback: Callable[[str, Any, str | None], Any],
-    start_callback: Callable[[AsyncTask], Any],
+    progress_callback: Callable[[str, Any, str | None], Any] | None,
+    start_callback: Callable[[AsyncTask], Any] | None,
 ) -> Awaitable[dict[str, Any]]:
     """Run the tasks on a fresh :class:`AsyncExecutionEngine`.
 
