@@ -1,0 +1,350 @@
+"""``intelligent-parallel``: answer every learner's note of a canvas at once.
+
+Exit codes: 0 every task succeeded (or there was nothing to do), 1 some tasks
+failed (the rest were still written), 2 bad input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.prompt import Confirm
+from rich.table import Table
+
+from command_handlers import __version__
+from command_handlers.default_plugins.progress import ProgressDisplay
+from command_handlers.intelligent_parallel_handler import (
+    CommandInputError,
+    IntelligentParallelCommandHandler,
+)
+from command_handlers.settings import DEFAULT_COLOR_MAP
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+DESCRIPTION = """\
+Send every learner's note of an Obsidian canvas (text nodes of colour "6") to an
+explanation agent at the same time, and write each answer back beside its note:
+an edge labelled with the agent, a blue card with the first lines of the answer,
+and a Markdown document with the whole answer.
+
+With no --model, the offline "echo" model answers (it repeats the prompt), so
+you can try everything without a key. Use --model with any model the `llm`
+library knows (`llm models`), or --agent-command to run a program instead.
+"""
+
+EPILOG = """\
+examples:
+  intelligent-parallel notes.canvas                   answer every "6" note, 12 at once
+  intelligent-parallel notes.canvas -d                show the plan, change nothing
+  intelligent-parallel notes.canvas -m 4 --model gpt-4o-mini -a
+  intelligent-parallel notes.canvas --agents memory-anchor,comparison-table
+  intelligent-parallel notes.canvas --agents-dir .claude/agents --agent-command "claude -p"
+
+exit codes: 0 all answered or nothing to do, 1 some tasks failed,
+            2 bad input, 130 interrupted
+"""
+
+
+def _concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to 20, got {text!r}"
+        ) from None
+    if not 1 <= value <= 20:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 20, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command line's argument parser.
+
+    Returns:
+        The parser.
+    """
+    parser = argparse.ArgumentParser(
+        prog="intelligent-parallel",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("canvas_file", help="the .canvas file (JSON Canvas 1.0)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+    select = parser.add_argument_group("which notes")
+    select.add_argument(
+        "--color",
+        dest="colors",
+        action="append",
+        metavar="C",
+        help='send text nodes of this colour ("1"-"6" or #rrggbb; repeatable) instead of "6"',
+    )
+    select.add_argument(
+        "-n",
+        "--nodes",
+        metavar="ID,...",
+        help="send exactly these text nodes, whatever their colour",
+    )
+    select.add_argument(
+        "--follow-edges",
+        action="store_true",
+        help="an edge A -> B between two notes makes B wait for A and read A's answer",
+    )
+
+    agents = parser.add_argument_group("which agent")
+    agents.add_argument("--agent", metavar="NAME", help="send every note to this agent")
+    agents.add_argument(
+        "--agents",
+        metavar="A,B",
+        help="send every note to each of these agents (one call per pair)",
+    )
+    agents.add_argument(
+        "--color-map",
+        metavar="MAP",
+        help="colour -> agent, e.g. 6=clarification-path,1=oral-explanation (default: "
+        + ",".join(f"{k}={v}" for k, v in DEFAULT_COLOR_MAP.items())
+        + ")",
+    )
+    agents.add_argument(
+        "--route",
+        choices=("map", "model"),
+        default="map",
+        help="'model': the model picks each note's agent from their descriptions,"
+        " falling back to the colour map (default: map)",
+    )
+    agents.add_argument(
+        "--agents-dir",
+        dest="agents_dirs",
+        action="append",
+        metavar="DIR",
+        help="read agent files from DIR too, e.g. .claude/agents (repeatable)",
+    )
+    agents.add_argument("--model", help="the llm model id (default: the offline echo model)")
+    agents.add_argument(
+        "--agent-command",
+        metavar="CMD",
+        help='answer with this program instead of llm, e.g. "claude -p" (no shell;'
+        " it reads the system prompt and the note's prompt on stdin)",
+    )
+    agents.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="time limit of one --agent-command call (default: 600)",
+    )
+    agents.add_argument("--no-plugins", action="store_true", help="load no installed plugins")
+
+    run = parser.add_argument_group("running")
+    run.add_argument(
+        "-m",
+        "--max",
+        "--max-concurrency",
+        dest="max",
+        type=_concurrency,
+        default=12,
+        metavar="N",
+        help="how many agent calls at once, 1-20 (default: 12)",
+    )
+    run.add_argument("-a", "--auto", action="store_true", help="do not ask before calling agents")
+    run.add_argument(
+        "-d", "--dry-run", action="store_true", help="print the plan and change nothing"
+    )
+
+    out = parser.add_argument_group("writing")
+    out.add_argument(
+        "--inline", action="store_true", help="put the whole answer in the card; no document"
+    )
+    out.add_argument(
+        "--docs-dir",
+        metavar="DIR",
+        help='folder for the documents (default: "<canvas name> answers")',
+    )
+    out.add_argument("--output", metavar="FILE", help="write the canvas here instead of in place")
+    out.add_argument(
+        "--no-backup", dest="backup", action="store_false", help="do not keep <canvas>.bak"
+    )
+    out.add_argument("--report", metavar="FILE", help="write a JSON report of every task")
+
+    show = parser.add_argument_group("output")
+    show.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    show.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    show.add_argument("-v", "--verbose", action="store_true", help="print more detail")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "max": args.max,
+        "auto": args.auto,
+        "dry_run": args.dry_run,
+        "nodes": args.nodes,
+        "verbose": args.verbose,
+        "colors": args.colors,
+        "agent": args.agent,
+        "agents": args.agents,
+        "route": args.route,
+        "follow_edges": args.follow_edges,
+        "inline": args.inline,
+        "docs_dir": args.docs_dir,
+        "backup": args.backup,
+        "output": args.output,
+        "model": args.model,
+        "agents_dirs": args.agents_dirs,
+        "agent_command": args.agent_command,
+        "timeout": args.timeout,
+        "color_map": args.color_map,
+        "no_plugins": args.no_plugins,
+    }
+
+
+def print_plan(console: Console, plan: Mapping[str, Any]) -> None:
+    """Print the plan: per agent, the notes and calls, and a time estimate.
+
+    Args:
+        console: Where to print.
+        plan: The handler's plan.
+    """
+    table = Table(title="Plan", title_justify="left")
+    table.add_column("agent")
+    table.add_column("notes", justify="right")
+    table.add_column("calls", justify="right")
+    table.add_column("waiting on other notes", justify="right")
+    for agent, entry in plan["agents"].items():
+        table.add_row(
+            agent, str(len(entry["nodes"])), str(entry["calls"]), str(entry["with_prerequisites"])
+        )
+    console.print(table)
+    console.print(
+        f"{plan['notes']} notes, {plan['calls']} calls, {plan['max_concurrency']} at once:"
+        f" about {plan['estimate_seconds']} s at 10 s a call"
+        + (" (following edges)" if plan["follow_edges"] else "")
+    )
+
+
+def _print_summary(console: Console, result: Mapping[str, Any]) -> None:
+    stats = result["stats"]
+    console.print(
+        f"[bold]{stats['processed_nodes']}/{stats['total_nodes']} notes answered[/], "
+        f"{stats['generated_docs']} documents, {stats['created_blue_nodes']} blue nodes, "
+        f"{stats['errors']} errors in {result.get('elapsed_seconds', 0.0):.1f} s"
+    )
+    for task in result["results"]:
+        if task["status"] != "success":
+            console.print(
+                f"[red]{task['status']}[/] {escape(str(task['task_id']))}:"
+                f" {escape(str(task['error']))}"
+            )
+    if result.get("canvas"):
+        backup = f" (previous version: {result['backup']})" if result.get("backup") else ""
+        console.print(f"Wrote {result['canvas']}{backup}", markup=False)
+    if result.get("side_file"):
+        console.print(result["message"], style="yellow", markup=False)
+
+
+def _confirm(console: Console) -> Any:
+    def ask(plan: Mapping[str, Any]) -> bool:
+        print_plan(console, plan)
+        return Confirm.ask("Call the agents?", default=False, console=console)
+
+    return ask
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code.
+    """
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True, quiet=args.quiet)
+    interactive = sys.stdin.isatty() and console.is_terminal and not args.json
+    display = ProgressDisplay(
+        console, mode="quiet" if args.quiet or args.dry_run else "auto", verbose=args.verbose
+    )
+    handler = IntelligentParallelCommandHandler(
+        plugins=[display], confirm=_confirm(console) if interactive else None
+    )
+    try:
+        _check_report(args.report)
+        result = asyncio.run(handler.run(Path(args.canvas_file), _options(args)))
+    except CommandInputError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        if args.quiet:
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        display.close()
+        where = f"; finished answers saved to {handler.side_file}" if handler.side_file else ""
+        print(f"\nInterrupted: the canvas was not changed{where}.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        display.close()
+    return _finish(console, args, result)
+
+
+def _check_report(report: str | None) -> None:
+    """Refuse a --report file that could not be written, before any agent is called."""
+    if report is None:
+        return
+    path = Path(report)
+    if path.is_dir():
+        raise CommandInputError(f"cannot write the report {report}: it is a directory")
+    if not path.parent.is_dir():
+        raise CommandInputError(
+            f"cannot write the report {report}: folder {path.parent} does not exist"
+        )
+
+
+def _finish(console: Console, args: argparse.Namespace, result: Mapping[str, Any]) -> int:
+    if "stats" not in result:  # nothing selected
+        console.print(f"{result['message']}: nothing to do.")
+        return EXIT_OK
+    if result.get("echo"):
+        console.print(
+            "[yellow]No model configured: answers are echoes of the prompts."
+            " Use --model (see `llm models`) for real answers.[/]"
+        )
+    if result.get("dry_run"):
+        print_plan(console, result["plan"])
+        console.print("Dry run: nothing was called or written.")
+        return EXIT_OK
+    if "report" not in result:  # the user declined
+        console.print(result["message"])
+        return EXIT_OK
+    if args.report:
+        Path(args.report).write_text(
+            json.dumps(result["report"], indent=2, ensure_ascii=False), encoding="utf-8"
+        )
+    if args.json:
+        print(json.dumps(result["report"], indent=2, ensure_ascii=False))
+    _print_summary(console, result)
+    return EXIT_OK if result["success"] else EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
