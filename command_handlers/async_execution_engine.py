@@ -12,10 +12,14 @@ agents or plugins: it takes :class:`AsyncTask` objects and an ``executor_func``
 
 Both return a summary dict::
 
-    {"total": 3, "success": 2, "failed": 1, "skipped": 0,
+    {"total": 3, "success": 2, "failed": 1, "skipped": 0, "cancelled": 0,
      "results": [...],            # results of the tasks that succeeded, input order
-     "errors": [{"task_id", "agent_name", "error", "error_type"}],
-     "skipped_tasks": [{"task_id", "blocked_by"}]}
+     "errors": [{"task_id", "agent_name", "error", "error_type", "attempts"}],
+     "skipped_tasks": [{"task_id", "blocked_by"}],
+     "cancelled_tasks": [{"task_id", "reason"}]}
+
+A :class:`RunPolicy` adds per-task timeouts, retries with backoff, rate limits,
+fail-fast and a graceful stop.
 
 Scheduling uses one worker coroutine per slot, so memory stays flat however
 many tasks wait, and no task outlives the call that started it: cancelling a
@@ -25,11 +29,15 @@ run cancels and awaits every task the run started.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import heapq
 import inspect
 import logging
+import random
+import re
+import time
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import CoroutineType
 from typing import Any, Callable, Dict, List, Optional, Union  # noqa: UP035
 
@@ -39,7 +47,13 @@ __all__ = [
     "DependencyCycleError",
     "ExecutorFunc",
     "ProgressCallback",
+    "RateLimit",
+    "RetryPolicy",
+    "RunPolicy",
     "StartCallback",
+    "TaskTimeoutError",
+    "is_retryable",
+    "retry_after",
 ]
 
 logger = logging.getLogger("command_handlers.engine")
@@ -62,6 +76,10 @@ class AsyncTask:
         priority: Higher runs first among tasks waiting for a slot.
         dependencies: Ids of tasks that must succeed before this one starts
             (used by the dependency-aware mode only).
+        timeout: Seconds this task may take, overriding the run's
+            ``task_timeout``; ``None`` to use the run's.
+        allow_failure: When this task fails, the tasks that depend on it run
+            anyway instead of being skipped.
     """
 
     task_id: str
@@ -70,11 +88,14 @@ class AsyncTask:
     node_data: Dict[str, Any]  # noqa: UP006
     priority: int = 0
     dependencies: Optional[List[str]] = None  # noqa: UP006, UP045
+    timeout: Optional[float] = None  # noqa: UP045
+    allow_failure: bool = False
 
 
 ExecutorFunc = Callable[[AsyncTask], Awaitable[Any]]
 ProgressCallback = Callable[[str, Optional[Any], Optional[str]], Union[Awaitable[None], None]]
 StartCallback = Callable[[AsyncTask], Union[Awaitable[None], None]]
+RetryCallback = Callable[[AsyncTask, int, str, float], Union[Awaitable[None], None]]
 
 
 class DependencyCycleError(ValueError):
@@ -87,6 +108,247 @@ class DependencyCycleError(ValueError):
     def __init__(self, cycle: list[str]) -> None:
         self.cycle = cycle
         super().__init__("dependency cycle: " + " -> ".join(cycle))
+
+
+class TaskTimeoutError(asyncio.TimeoutError):
+    """A task took longer than its timeout; it was cancelled and its slot freed."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed tasks are tried again.
+
+    A task is tried again only for an error :func:`is_retryable` accepts (or
+    the run's ``retry_if`` says), at most ``retries`` times, after a delay drawn
+    uniformly from ``[0, min(max_delay, base_delay * 2 ** (attempt - 1))]``
+    ("full jitter"), or after the error's own ``Retry-After`` when it has one.
+    A task waiting to be tried again holds no slot.
+
+    Attributes:
+        retries: How many times a task may be tried again (0: never).
+        base_delay: The first backoff's upper bound, in seconds.
+        max_delay: The largest backoff, in seconds.
+        max_retry_after: The longest ``Retry-After`` honoured, in seconds.
+    """
+
+    retries: int = 0
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    max_retry_after: float = 600.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be a whole number >= 0, got {self.retries!r}")
+        for name in ("base_delay", "max_delay", "max_retry_after"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """The delay before trying again after failed attempt number ``attempt``.
+
+        Args:
+            attempt: The attempt that failed (1 for the first).
+            rng: The random source of the jitter.
+
+        Returns:
+            Seconds to wait, in ``[0, min(max_delay, base_delay * 2 ** (attempt - 1))]``.
+        """
+        ceiling = min(self.max_delay, self.base_delay * 2 ** min(attempt - 1, 62))
+        return rng.uniform(0.0, ceiling)
+
+
+_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
+_PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``per_second`` task starts a second, with bursts of ``burst`` (a token bucket).
+
+    Attributes:
+        per_second: The sustained rate.
+        burst: How many starts may happen at once after a quiet spell.
+    """
+
+    per_second: float
+    burst: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.per_second > 0:
+            raise ValueError(f"a rate must be positive, got {self.per_second!r}")
+        if not self.burst >= 1:
+            raise ValueError(f"a rate's burst must be at least 1, got {self.burst!r}")
+
+    @classmethod
+    def parse(cls, text: str | float | RateLimit) -> RateLimit:
+        """Read ``"5/s"``, ``"120/min"``, ``"3000/h"`` or a plain number (per second).
+
+        Args:
+            text: The rate.
+
+        Returns:
+            The rate limit.
+
+        Raises:
+            ValueError: The text is not a rate.
+        """
+        if isinstance(text, RateLimit):
+            return text
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            return cls(float(text))
+        match = _RATE.match(str(text))
+        if not match:
+            raise ValueError(f"rate {text!r} is not N/s, N/min or N/h")
+        count, unit = float(match.group(1)), (match.group(2) or "s")
+        seconds = 3600.0 if unit.startswith("h") else _PER[unit]
+        return cls(count / seconds)
+
+
+class _TokenBucket:
+    """A token bucket on the loop's clock."""
+
+    def __init__(self, limit: RateLimit, now: float) -> None:
+        self.rate = limit.per_second
+        self.capacity = limit.burst
+        self.tokens = limit.burst
+        self.stamp = now
+
+    def ready_at(self, now: float) -> float:
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return now if self.tokens >= 1 else now + (1 - self.tokens) / self.rate
+
+    def take(self, now: float) -> None:
+        self.ready_at(now)
+        self.tokens -= 1
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """What a run does about slow, failing and rate-limited tasks.
+
+    Attributes:
+        task_timeout: Seconds a task may take (``AsyncTask.timeout`` overrides
+            it); a task over time is cancelled, fails with
+            :class:`TaskTimeoutError`, and frees its slot at once.
+        retry: How failed tasks are tried again (``None``: never).
+        retry_if: ``error -> True/False/None`` deciding which errors are
+            retried; ``None`` (or a ``None`` answer) falls back to :func:`is_retryable`.
+        retry_callback: Told ``(task, attempt, error_text, delay)`` before each retry.
+        rate: A limit on task starts across the run (``"5/s"``, a number or a
+            :class:`RateLimit`).
+        agent_rates: agent name -> a limit on that agent's task starts.
+        fail_fast: The first task that fails for good cancels the rest; they
+            are reported as cancelled, not failed.
+        stop: When this event is set, no new task starts; the tasks not
+            started are reported as cancelled.
+        stop_grace: Seconds running tasks may still take after ``stop`` is
+            set before they are cancelled (``None``: as long as they need).
+        rng: The random source of the retry jitter (for reproducible tests).
+    """
+
+    task_timeout: Optional[float] = None  # noqa: UP045
+    retry: Optional[RetryPolicy] = None  # noqa: UP045
+    retry_if: Optional[Callable[[BaseException], Optional[bool]]] = None  # noqa: UP045
+    retry_callback: Optional[RetryCallback] = None  # noqa: UP045
+    rate: Union[RateLimit, float, str, None] = None  # noqa: UP007
+    agent_rates: Mapping[str, Union[RateLimit, float, str]] = field(  # noqa: UP007
+        default_factory=dict
+    )
+    fail_fast: bool = False
+    stop: Optional[asyncio.Event] = None  # noqa: UP045
+    stop_grace: Optional[float] = None  # noqa: UP045
+    rng: Optional[random.Random] = None  # noqa: UP045
+
+    def __post_init__(self) -> None:
+        for name in ("task_timeout", "stop_grace"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+            ):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if self.rate is not None:
+            RateLimit.parse(self.rate)
+        for limit in self.agent_rates.values():
+            RateLimit.parse(limit)
+
+    @property
+    def needs_scheduler(self) -> bool:
+        """Whether the run must pick tasks one agent at a time (retries, rates)."""
+        return self.retry is not None or self.rate is not None or bool(self.agent_rates)
+
+
+_RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_RETRYABLE_NAMES = frozenset(
+    {
+        "RateLimitError",
+        "APIConnectionError",
+        "APITimeoutError",
+        "InternalServerError",
+        "ServiceUnavailableError",
+        "OverloadedError",
+    }
+)
+
+
+def retry_after(error: BaseException) -> Optional[float]:  # noqa: UP045
+    """Read how long a server asked to wait before the next call, if it said.
+
+    Looks at ``error.retry_after`` (seconds), then at a ``Retry-After`` header
+    of ``error.response`` (seconds or an HTTP date), as the errors of LLM
+    providers' client libraries carry them.
+
+    Args:
+        error: The error.
+
+    Returns:
+        Seconds to wait (at least 0), or ``None``.
+    """
+    value: Any = getattr(error, "retry_after", None)
+    if value is None:
+        headers = getattr(getattr(error, "response", None), "headers", None)
+        if headers is not None and hasattr(headers, "get"):
+            value = headers.get("retry-after") or headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def is_retryable(error: BaseException) -> bool:
+    """The default rule for which errors are worth another try.
+
+    Timeouts and connection errors are; an error with a ``retryable``
+    attribute says itself; an error with a ``Retry-After`` is; so are HTTP
+    statuses 408, 409, 425, 429 and 5xx (``status_code`` or ``status``), and the
+    rate-limit, connection, timeout and overload errors of LLM client
+    libraries, by class name. Nothing else is.
+
+    Args:
+        error: The error.
+
+    Returns:
+        Whether to try again.
+    """
+    if isinstance(error, (asyncio.TimeoutError, TimeoutError, ConnectionError)):
+        return True
+    declared = getattr(error, "retryable", None)
+    if isinstance(declared, bool):
+        return declared
+    if retry_after(error) is not None:
+        return True
+    status = getattr(error, "status_code", None) or getattr(error, "status", None)
+    if isinstance(status, int) and status in _RETRYABLE_STATUS:
+        return True
+    return any(cls.__name__ in _RETRYABLE_NAMES for cls in type(error).__mro__)
 
 
 def _check_limit(name: str, value: object) -> int:
@@ -104,7 +366,7 @@ def _error_text(exc: BaseException) -> str:
 
 
 # Outcome states of a task within one run.
-_PENDING, _RUNNING, _SUCCEEDED, _FAILED, _SKIPPED = range(5)
+_PENDING, _RUNNING, _SUCCEEDED, _FAILED, _SKIPPED, _CANCELLED, _RETRY_WAIT = range(7)
 
 
 class _Run:
@@ -116,30 +378,56 @@ class _Run:
         *,
         dependency_aware: bool,
         agent_limits: Mapping[str, int],
+        policy: RunPolicy,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.tasks = tasks
         count = len(tasks)
-        self.state = bytearray(count)  # one _PENDING.._SKIPPED byte per task
+        self.state = bytearray(count)  # one _PENDING.._RETRY_WAIT byte per task
         self.outcomes: dict[str, Any] = {}  # task id -> result, of the tasks that succeeded
         self.errors: dict[int, BaseException] = {}
         self.skipped: list[dict[str, str]] = []
+        self.cancelled: list[dict[str, str]] = []
         self.unresolved = count
         self.dependency_aware = dependency_aware
+        self.policy = policy
+        self.loop = loop
         self.agent_limits = dict(agent_limits)
         self.agent_running = dict.fromkeys(self.agent_limits, 0)
         self.idle: list[asyncio.Future[None]] = []
         self.dependents: Sequence[Sequence[int]] = ()
         self.waiting_on: list[int] = []
-        # A flat run without agent limits takes its tasks in one fixed order.
+        self.attempts: dict[int, int] = {}  # index -> attempts so far, once a task is retried
+        self.executing: dict[
+            int, asyncio.Task[Any]
+        ] = {}  # index -> worker, while its executor runs
+        self.cancelling: set[asyncio.Task[Any]] = set()  # workers this run cancelled itself
+        self.halted: str | None = None  # why no new task starts
+        self.timers: dict[int, asyncio.TimerHandle] = {}  # retries waiting for their time
+        self.wake_handle: asyncio.TimerHandle | None = None
+        self.next_wake: float | None = None
+        self.rng = policy.rng or random.Random()
+        # A flat run without agent limits or retries takes its tasks in one fixed order.
         self.order: Sequence[int] | None = None
         self.position = 0
-        if not dependency_aware and not self.agent_limits:
+        if not (dependency_aware or self.agent_limits or policy.needs_scheduler):
             first = tasks[0].priority
             if all(task.priority == first for task in tasks):
                 self.order = range(count)
             else:  # sorted() is stable: equal priorities keep input order
                 self.order = sorted(range(count), key=lambda i: -tasks[i].priority)
             return
+        now = loop.time()
+        self.global_rate = (
+            _TokenBucket(RateLimit.parse(policy.rate), now) if policy.rate is not None else None
+        )
+        self.agent_rates = {
+            name: _TokenBucket(RateLimit.parse(limit), now)
+            for name, limit in policy.agent_rates.items()
+        }
+        self.paused_until: dict[str | None, float] = {}
+        # Retries and rates act per agent: then every agent gets its own heap.
+        self.bucket_all = policy.needs_scheduler
         self._build_heaps(dependency_aware)
 
     def _build_heaps(self, dependency_aware: bool) -> None:
@@ -158,45 +446,68 @@ class _Run:
             ((top_priority - task.priority) * (top_rank + 1) + top_rank - ranks[i]) * count + i
             for i, task in enumerate(tasks)
         ]
-        # One ready heap per agent that has a limit, one (None) for all others.
+        # One ready heap per agent that needs one, one (None) for all others.
         self.ready: dict[str | None, list[int]] = {None: []}
-        for name in self.agent_limits:
-            self.ready[name] = []
         for i in range(count):
+            bucket = self._bucket(i)
+            if bucket not in self.ready:
+                self.ready[bucket] = []
             if self.waiting_on[i] == 0:
-                self.ready[self._bucket(i)].append(self.keys[i])
+                self.ready[bucket].append(self.keys[i])
         for heap in self.ready.values():
             heapq.heapify(heap)
 
     def _bucket(self, i: int) -> str | None:
         name = self.tasks[i].agent_name
-        return name if name in self.agent_limits else None
+        return name if self.bucket_all or name in self.agent_limits else None
 
     def next_ready(self) -> int | None:
-        """Take the best ready task whose agent has a free slot, if any."""
+        """Take the best ready task whose agent may start now, if any.
+
+        When tasks are ready but must wait for a rate or a server's
+        ``Retry-After``, :attr:`next_wake` says when to look again.
+        """
         order = self.order
         if order is not None:
             position = self.position
             if position < len(order):
                 self.position = position + 1
-                return order[position]
+                i = order[position]
+                self.state[i] = _RUNNING
+                return i
             return None
+        now = self.loop.time()
+        wake: float | None = None
         best: str | None = None
         best_key = -1
+        global_at = self.global_rate.ready_at(now) if self.global_rate is not None else now
         for bucket, heap in self.ready.items():
             if not heap:
                 continue
-            if bucket is not None and self.agent_running[bucket] >= self.agent_limits[bucket]:
+            if bucket in self.agent_limits and (
+                self.agent_running[bucket] >= self.agent_limits[bucket]
+            ):
+                continue  # a finishing task of this agent wakes the workers
+            at = max(global_at, self.paused_until.get(bucket, now))
+            if bucket in self.agent_rates:
+                at = max(at, self.agent_rates[bucket].ready_at(now))
+            if at > now:
+                wake = at if wake is None else min(wake, at)
                 continue
             if best_key < 0 or heap[0] < best_key:
                 best, best_key = bucket, heap[0]
+        self.next_wake = wake
         if best_key < 0:
             return None
         heapq.heappop(self.ready[best])
         i = best_key % len(self.tasks)
         self.state[i] = _RUNNING
-        if best is not None:
+        if best in self.agent_limits:
             self.agent_running[best] += 1
+        if self.global_rate is not None:
+            self.global_rate.take(now)
+        if best in self.agent_rates:
+            self.agent_rates[best].take(now)
         return i
 
     def succeed(self, i: int, result: Any) -> None:
@@ -207,13 +518,18 @@ class _Run:
         if self.agent_limits:
             self._release_agent(i)
         if self.dependency_aware:
-            for child in self.dependents[i]:
-                self.waiting_on[child] -= 1
-                if self.waiting_on[child] == 0 and self.state[child] == _PENDING:
-                    heapq.heappush(self.ready[self._bucket(child)], self.keys[child])
+            self._release_dependents(i)
+
+    def _release_dependents(self, i: int) -> None:
+        for child in self.dependents[i]:
+            self.waiting_on[child] -= 1
+            if self.waiting_on[child] == 0 and self.state[child] == _PENDING:
+                heapq.heappush(self.ready[self._bucket(child)], self.keys[child])
 
     def fail(self, i: int, exc: BaseException) -> list[int]:
         """Record a failure; skip every task that depends on it, directly or not.
+
+        A task with ``allow_failure`` lets its dependents run instead.
 
         Returns:
             The indices of the tasks skipped because of this failure.
@@ -224,6 +540,9 @@ class _Run:
         if self.agent_limits:
             self._release_agent(i)
         if not self.dependency_aware:
+            return []
+        if self.tasks[i].allow_failure:
+            self._release_dependents(i)
             return []
         blocked_by = self.tasks[i].task_id
         newly_skipped: list[int] = []
@@ -239,9 +558,100 @@ class _Run:
             stack.extend(self.dependents[child])
         return newly_skipped
 
+    def retry_delay(self, i: int, exc: BaseException) -> float | None:
+        """Decide whether a failed attempt is tried again, and after how long.
+
+        Returns:
+            The delay before the next attempt, or ``None`` if the failure is final.
+        """
+        retry = self.policy.retry
+        if retry is None or self.halted is not None:
+            return None
+        attempt = self.attempts.get(i, 1)
+        if attempt > retry.retries or not self._retryable(exc):
+            return None
+        self.attempts[i] = attempt + 1
+        hint = retry_after(exc)
+        if hint is None:
+            return retry.backoff(attempt, self.rng)
+        delay = min(hint, retry.max_retry_after)
+        # The server asked the whole agent to slow down, not just this task.
+        bucket = self._bucket(i)
+        self.paused_until[bucket] = max(
+            self.paused_until.get(bucket, 0.0), self.loop.time() + delay
+        )
+        return delay
+
+    def _retryable(self, exc: BaseException) -> bool:
+        decide = self.policy.retry_if
+        if decide is not None:
+            try:
+                verdict = decide(exc)
+            except Exception:  # pylint: disable=broad-exception-caught
+                logger.exception("retry_if raised; using the default rule")
+                verdict = None
+            if verdict is not None:
+                return bool(verdict)
+        return is_retryable(exc)
+
+    def schedule_retry(self, i: int, delay: float) -> None:
+        """Put a task back among the ready ones after ``delay``, holding no slot meanwhile."""
+        self.state[i] = _RETRY_WAIT
+        if self.agent_limits:
+            self._release_agent(i)
+        self.timers[i] = self.loop.call_later(delay, self._requeue, i)
+
+    def _requeue(self, i: int) -> None:
+        self.timers.pop(i, None)
+        if self.state[i] != _RETRY_WAIT:
+            return
+        self.state[i] = _PENDING
+        heapq.heappush(self.ready[self._bucket(i)], self.keys[i])
+        self.wake_idle()
+
+    def halt(self, reason: str) -> list[int]:
+        """Start no new task: every task not started (or waiting to retry) is cancelled.
+
+        Returns:
+            The indices of the tasks cancelled now.
+        """
+        if self.halted is None:
+            self.halted = reason
+        newly: list[int] = []
+        for i, state in enumerate(self.state):
+            if state in (_PENDING, _RETRY_WAIT):
+                self._cancel(i, reason)
+                newly.append(i)
+        for handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
+        if self.order is not None:
+            self.position = len(self.order)
+        else:
+            for heap in self.ready.values():
+                heap.clear()
+        return newly
+
+    def cancel_running(self) -> None:
+        """Cancel the executors running now; their workers report them as cancelled."""
+        for worker in list(self.executing.values()):
+            self.cancelling.add(worker)
+            worker.cancel()
+
+    def _cancel(self, i: int, reason: str) -> None:
+        self.state[i] = _CANCELLED
+        self.unresolved -= 1
+        self.cancelled.append({"task_id": self.tasks[i].task_id, "reason": reason})
+
+    def cancel_started(self, i: int) -> None:
+        """Record that a running task was cancelled by the run itself."""
+        if self.agent_limits:
+            self._release_agent(i)
+        self._cancel(i, self.halted or "cancelled")
+
     def _release_agent(self, i: int) -> None:
         bucket = self._bucket(i)
-        if bucket is not None:
+        if bucket in self.agent_limits:
             self.agent_running[bucket] -= 1
 
     def wake_idle(self) -> None:
@@ -250,6 +660,30 @@ class _Run:
         for waiter in idle:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def arm_wake(self) -> None:
+        """Make sure idle workers look again when a rate or a pause allows."""
+        when = self.next_wake
+        if when is None:
+            return
+        if self.wake_handle is not None:
+            if self.wake_handle.when() <= when:
+                return
+            self.wake_handle.cancel()
+        self.wake_handle = self.loop.call_at(when, self._timer_wake)
+
+    def _timer_wake(self) -> None:
+        self.wake_handle = None
+        self.wake_idle()
+
+    def close(self) -> None:
+        """Cancel every timer of the run."""
+        for handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
+        if self.wake_handle is not None:
+            self.wake_handle.cancel()
+            self.wake_handle = None
 
     def summary(self) -> dict[str, Any]:
         """Build the result dict of the run."""
@@ -263,6 +697,7 @@ class _Run:
                     "agent_name": task.agent_name,
                     "error": _error_text(exc),
                     "error_type": type(exc).__name__,
+                    "attempts": self.attempts.get(i, 1),
                 }
             )
         outcomes = self.outcomes
@@ -276,9 +711,11 @@ class _Run:
             "success": len(results),
             "failed": len(errors),
             "skipped": len(self.skipped),
+            "cancelled": len(self.cancelled),
             "results": results,
             "errors": errors,
             "skipped_tasks": list(self.skipped),
+            "cancelled_tasks": list(self.cancelled),
         }
 
 
@@ -389,7 +826,8 @@ class AsyncExecutionEngine:
         dependency_limit: At most this many tasks run at once in the
             dependency-aware mode (the story's task-level limit of 5), never
             more than ``max_concurrency``.
-        semaphore: ``asyncio.Semaphore(max_concurrency)``, held by each running task.
+        semaphore: ``asyncio.Semaphore(max_concurrency)``; each of a run's
+            workers holds one slot while it runs tasks.
         active_tasks: task id -> the asyncio task running it, while it runs.
         completed_tasks: task id -> result, of the last finished run.
         failed_tasks: task id -> error text, of the last finished run.
@@ -427,29 +865,32 @@ class AsyncExecutionEngine:
         *,
         agent_limits: Mapping[str, int] | None = None,
         start_callback: StartCallback | None = None,
+        policy: RunPolicy | None = None,
     ) -> dict[str, Any]:
         """Run every task, at most ``max_concurrency`` at once; dependencies are ignored.
 
-        A failing task never stops the others. Among tasks waiting for a
-        slot, higher ``priority`` starts first, then input order.
+        A failing task never stops the others (unless ``policy.fail_fast``).
+        Among tasks waiting for a slot, higher ``priority`` starts first, then
+        input order.
 
         Args:
             tasks: The tasks to run; ids must be unique.
             executor_func: ``async def executor(task) -> dict`` doing one task's work.
-            progress_callback: Called once per finished task as
+            progress_callback: Called once per task as it ends, as
                 ``callback(task_id, result, error)``: ``error`` is the error
-                text (``None`` on success), ``result`` is ``None`` on failure.
+                text (``None`` on success), ``result`` is ``None`` otherwise.
                 A plain function or a coroutine function; if it raises, the
                 error is logged and the run goes on.
             agent_limits: agent name -> how many of that agent's tasks may
                 run at once, on top of ``max_concurrency``.
             start_callback: Called with each task as it starts (sync or async).
+            policy: Timeouts, retries, rate limits, fail-fast and stop.
 
         Returns:
             The summary dict: ``total``, ``success``, ``failed``, ``skipped``
-            (always 0 here), ``results`` (successful results in input order),
-            ``errors`` (``{"task_id", "agent_name", "error", "error_type"}``)
-            and ``skipped_tasks``.
+            (always 0 here), ``cancelled``, ``results`` (successful results in
+            input order), ``errors`` (``{"task_id", "agent_name", "error",
+            "error_type", "attempts"}``), ``skipped_tasks`` and ``cancelled_tasks``.
 
         Raises:
             ValueError: ``tasks`` is empty, has duplicate ids, or an agent limit is not positive.
@@ -465,6 +906,7 @@ class AsyncExecutionEngine:
             dependency_aware=False,
             agent_limits=agent_limits,
             start_callback=start_callback,
+            policy=policy,
         )
 
     async def execute_with_dependency_awareness(
@@ -475,6 +917,7 @@ class AsyncExecutionEngine:
         *,
         agent_limits: Mapping[str, int] | None = None,
         start_callback: StartCallback | None = None,
+        policy: RunPolicy | None = None,
     ) -> dict[str, Any]:
         """Run every task once all of its dependencies have succeeded.
 
@@ -484,7 +927,8 @@ class AsyncExecutionEngine:
         ``priority`` starts first, then the task with the longest chain of
         dependents waiting on it, then input order. When a task fails, every
         task that depends on it, directly or not, is skipped and reported with
-        the failed task's id; the progress callback hears of it too.
+        the failed task's id (unless the failed task has ``allow_failure``);
+        the progress callback hears of it too.
 
         Args:
             tasks: The tasks to run; ids unique, dependencies naming tasks in the list.
@@ -493,10 +937,11 @@ class AsyncExecutionEngine:
                 task's error text says which dependency failed.
             agent_limits: agent name -> how many of that agent's tasks may run at once.
             start_callback: Called with each task as it starts (sync or async).
+            policy: Timeouts, retries, rate limits, fail-fast and stop.
 
         Returns:
             The summary dict, as for :meth:`execute_parallel`, with
-            ``total == success + failed + skipped``.
+            ``total == success + failed + skipped + cancelled``.
 
         Raises:
             ValueError: ``tasks`` is empty, has duplicate ids, a task depends
@@ -514,6 +959,7 @@ class AsyncExecutionEngine:
             dependency_aware=True,
             agent_limits=agent_limits,
             start_callback=start_callback,
+            policy=policy,
         )
 
     def _topological_sort(self, tasks: Sequence[AsyncTask]) -> list[AsyncTask]:
@@ -549,7 +995,7 @@ class AsyncExecutionEngine:
         Reports the result, or the exception's text, to ``progress_callback``
         and always removes the task from :attr:`active_tasks` when it ends.
         (A run's workers hold one slot each for as long as they work, and run
-        their tasks with the same reporting.)
+        their tasks with the same bookkeeping.)
 
         Args:
             task: The task to run.
@@ -564,18 +1010,24 @@ class AsyncExecutionEngine:
             Exception: Whatever ``executor_func`` raised, re-raised after reporting.
         """
         async with self.semaphore:
-            return await self._execute_one(
-                task, executor_func, progress_callback, asyncio.current_task()
-            )
+            try:
+                result = await self._execute_one(
+                    task, executor_func, asyncio.current_task(), task.timeout
+                )
+            except Exception as exc:
+                await _notify(progress_callback, task.task_id, task.task_id, None, _error_text(exc))
+                raise
+            await _notify(progress_callback, task.task_id, task.task_id, result, None)
+            return result
 
     async def _execute_one(
         self,
         task: AsyncTask,
         executor_func: ExecutorFunc,
-        progress_callback: ProgressCallback | None,
         current: asyncio.Task[Any] | None,
+        timeout: float | None,
     ) -> Any:
-        """Run one task (the caller holds a slot), report it, keep active_tasks right."""
+        """Run one task's executor (the caller holds a slot); keep active_tasks right."""
         task_id = task.task_id
         active = self.active_tasks
         if current is not None:
@@ -587,24 +1039,12 @@ class AsyncExecutionEngine:
                     f"executor_func returned {type(pending).__name__}, not an awaitable,"
                     f" for task {task_id!r}"
                 )
-            result = await pending
-        except Exception as exc:
-            logger.info("task %r failed: %s: %s", task_id, type(exc).__name__, exc)
-            if progress_callback is not None:
-                await _notify(progress_callback, task_id, task_id, None, _error_text(exc))
-            raise
+            if timeout is None or current is None:
+                return await pending
+            return await _with_timeout(pending, current, timeout, task_id)
         finally:
             if active.get(task_id) is current:
                 del active[task_id]
-        if progress_callback is not None:
-            # The hot path: a sync callback costs one call, no coroutine.
-            reported = _call(progress_callback, task_id, task_id, result, None)
-            if reported is not None:
-                try:
-                    await reported
-                except Exception:  # pylint: disable=broad-exception-caught
-                    logger.exception("callback for task %r raised; the run goes on", task_id)
-        return result
 
     async def _run(
         self,
@@ -615,87 +1055,146 @@ class AsyncExecutionEngine:
         dependency_aware: bool,
         agent_limits: Mapping[str, int] | None,
         start_callback: StartCallback | None,
+        policy: RunPolicy | None,
     ) -> dict[str, Any]:
         task_list = _validate_tasks(tasks, dependency_aware=dependency_aware)
         if not callable(executor_func):
             raise TypeError("executor_func must be callable")
         limits = _validate_agent_limits(agent_limits)
-        run = _Run(task_list, dependency_aware=dependency_aware, agent_limits=limits)
+        policy = policy or RunPolicy()
+        loop = asyncio.get_running_loop()
+        run = _Run(
+            task_list,
+            dependency_aware=dependency_aware,
+            agent_limits=limits,
+            policy=policy,
+            loop=loop,
+        )
         limit = (
             min(self.max_concurrency, self.dependency_limit)
             if dependency_aware
-            else (self.max_concurrency)
+            else self.max_concurrency
         )
         mode = "dependency-aware" if dependency_aware else "parallel"
         logger.info("run of %d tasks started (%s, limit %d)", len(task_list), mode, limit)
-        workers = [
-            asyncio.ensure_future(
-                self._worker(run, executor_func, progress_callback, start_callback)
-            )
-            for _ in range(min(limit, len(task_list)))
-        ]
+        worker = _Worker(self, run, executor_func, progress_callback, start_callback)
+        workers = [asyncio.ensure_future(worker.work()) for _ in range(min(limit, len(task_list)))]
+        watchers = (
+            [asyncio.ensure_future(worker.watch_stop(policy.stop))]
+            if policy.stop is not None
+            else []
+        )
         try:
             await asyncio.gather(*workers)
         except BaseException:
-            await _cancel_and_wait(workers)
+            await _cancel_and_wait(workers + watchers)
             raise
+        finally:
+            run.close()
+        await _cancel_and_wait(watchers)
         summary = run.summary()
         self.completed_tasks = run.outcomes
         self.failed_tasks = {error["task_id"]: error["error"] for error in summary["errors"]}
         logger.info(
-            "run finished: %d succeeded, %d failed, %d skipped",
+            "run finished: %d succeeded, %d failed, %d skipped, %d cancelled",
             summary["success"],
             summary["failed"],
             summary["skipped"],
+            summary["cancelled"],
         )
         return summary
 
-    async def _worker(
+
+class _Worker:
+    """What every worker coroutine of one run shares: the run and its callbacks."""
+
+    def __init__(
         self,
+        engine: AsyncExecutionEngine,
         run: _Run,
         executor_func: ExecutorFunc,
         progress_callback: ProgressCallback | None,
         start_callback: StartCallback | None,
     ) -> None:
+        self.engine = engine
+        self.run = run
+        self.executor_func = executor_func
+        self.progress_callback = progress_callback
+        self.start_callback = start_callback
+        self.task_timeout = run.policy.task_timeout
+
+    async def work(self) -> None:
         """Hold one slot and take ready tasks one at a time until the run is resolved."""
-        loop = asyncio.get_running_loop()
+        run = self.run
+        loop = run.loop
         current = asyncio.current_task()
-        semaphore = self.semaphore
+        semaphore = self.engine.semaphore
+        execute_one = self.engine._execute_one  # pylint: disable=protected-access
+        executor_func = self.executor_func
+        progress_callback = self.progress_callback
+        start_callback = self.start_callback
+        run_timeout = self.task_timeout
+        stop = run.policy.stop
+        # Only a run that may cancel its own tasks needs to know who runs what.
+        track = run.policy.fail_fast or stop is not None
         await semaphore.acquire()
         held = True
         try:
             while run.unresolved:
+                if stop is not None and run.halted is None and stop.is_set():
+                    await self._halt("stopped")
+                    continue
                 i = run.next_ready()
                 if i is None:
-                    # Nothing ready for now: give the slot back while waiting.
+                    # Nothing may start now: give the slot back while waiting.
                     semaphore.release()
                     held = False
                     waiter = loop.create_future()
                     run.idle.append(waiter)
+                    run.arm_wake()
                     await waiter
                     await semaphore.acquire()
                     held = True
                     continue
                 task = run.tasks[i]
-                if start_callback is not None:
-                    started = _call(start_callback, task.task_id, task)
+                task_id = task.task_id
+                if start_callback is not None and i not in run.attempts:
+                    started = _call(start_callback, task_id, task)
                     if started is not None:
-                        await _settle(started, task.task_id)
+                        await _settle(started, task_id)
+                if track and current is not None:
+                    run.executing[i] = current
                 try:
-                    result = await self._execute_one(
-                        task, executor_func, progress_callback, current
+                    result = await execute_one(
+                        task,
+                        executor_func,
+                        current,
+                        run_timeout if task.timeout is None else task.timeout,
+                    )
+                except asyncio.CancelledError:
+                    run.executing.pop(i, None)
+                    if current not in run.cancelling:
+                        raise
+                    # The run cancelled this task itself (fail-fast, or a stop's grace ended).
+                    run.cancelling.discard(current)
+                    uncancel = getattr(current, "uncancel", None)
+                    if uncancel is not None and uncancel() > 0:
+                        raise  # cancelled from outside as well: that wins
+                    run.cancel_started(i)
+                    await _notify(
+                        progress_callback, task_id, task_id, None, f"cancelled: {run.halted}"
                     )
                 except Exception as exc:  # pylint: disable=broad-exception-caught
-                    for child in run.fail(i, exc):
-                        skipped = run.tasks[child]
-                        await _notify(
-                            progress_callback,
-                            skipped.task_id,
-                            skipped.task_id,
-                            None,
-                            f"skipped: dependency {task.task_id!r} failed",
-                        )
+                    run.executing.pop(i, None)
+                    await self._failed(i, exc)
                 else:
+                    if track:
+                        run.executing.pop(i, None)
+                    if progress_callback is not None:
+                        # The hot path: a sync callback costs one call, no coroutine.
+                        reported = _call(progress_callback, task_id, task_id, result, None)
+                        if reported is not None:
+                            await _settle(reported, task_id)
                     run.succeed(i, result)
                 # New work, a freed agent slot or the end of the run: let idle workers look.
                 if run.idle:
@@ -703,6 +1202,89 @@ class AsyncExecutionEngine:
         finally:
             if held:
                 semaphore.release()
+
+    async def _failed(self, i: int, exc: BaseException) -> None:
+        run = self.run
+        task = run.tasks[i]
+        delay = run.retry_delay(i, exc)
+        if delay is not None:
+            attempt = run.attempts[i] - 1
+            logger.info(
+                "task %r failed (attempt %d), trying again in %.2f s: %s: %s",
+                task.task_id,
+                attempt,
+                delay,
+                type(exc).__name__,
+                exc,
+            )
+            await _notify(
+                run.policy.retry_callback, task.task_id, task, attempt, _error_text(exc), delay
+            )
+            run.schedule_retry(i, delay)
+            return
+        logger.info("task %r failed: %s: %s", task.task_id, type(exc).__name__, exc)
+        await _notify(self.progress_callback, task.task_id, task.task_id, None, _error_text(exc))
+        for child in run.fail(i, exc):
+            skipped = run.tasks[child]
+            await _notify(
+                self.progress_callback,
+                skipped.task_id,
+                skipped.task_id,
+                None,
+                f"skipped: dependency {task.task_id!r} failed",
+            )
+        if run.policy.fail_fast and run.halted is None:
+            await self._halt(f"fail-fast: task {task.task_id!r} failed")
+            run.cancel_running()
+
+    async def _halt(self, reason: str) -> None:
+        run = self.run
+        for j in run.halt(reason):
+            cancelled = run.tasks[j].task_id
+            await _notify(
+                self.progress_callback, cancelled, cancelled, None, f"cancelled: {reason}"
+            )
+        run.wake_idle()
+
+    async def watch_stop(self, stop: asyncio.Event) -> None:
+        """When ``stop`` is set, start nothing new; after the grace, cancel what runs."""
+        await stop.wait()
+        logger.info("stop requested: no new task starts")
+        if self.run.halted is None:
+            await self._halt("stopped")
+        grace = self.run.policy.stop_grace
+        if grace is None:
+            return
+        await asyncio.sleep(grace)
+        self.run.cancel_running()
+
+
+async def _with_timeout(
+    pending: Awaitable[Any], current: asyncio.Task[Any], timeout: float, task_id: str
+) -> Any:
+    """Await ``pending`` in this task, cancelling it after ``timeout`` seconds.
+
+    Not ``asyncio.wait_for``: on Python < 3.12 it can swallow a cancellation
+    that arrives as the awaited call finishes, and it costs a task per call.
+    """
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        current.cancel()
+
+    handle = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await pending
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        uncancel = getattr(current, "uncancel", None)
+        if uncancel is not None and uncancel() > 0:
+            raise  # cancelled from outside as well: that wins
+        raise TaskTimeoutError(f"task {task_id!r} timed out after {timeout:g} s") from None
+    finally:
+        handle.cancel()
 
 
 async def _cancel_and_wait(workers: Sequence[asyncio.Future[None]]) -> None:

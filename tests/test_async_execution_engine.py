@@ -161,6 +161,7 @@ async def test_iv3_one_failure_never_stops_the_others() -> None:
         "agent_name": "oral-explanation",
         "error": "task-3 failed",
         "error_type": "ValueError",
+        "attempts": 1,
     }
     assert engine.failed_tasks == {"task-3": "task-3 failed", "task-7": "task-7 failed"}
     assert set(engine.completed_tasks) == {f"task-{i}" for i in range(10)} - {"task-3", "task-7"}

@@ -9,7 +9,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from command_handlers.async_execution_engine import AsyncExecutionEngine, AsyncTask
+from command_handlers.async_execution_engine import (
+    AsyncExecutionEngine,
+    AsyncTask,
+    RetryPolicy,
+    RunPolicy,
+)
 
 
 @st.composite
@@ -138,3 +143,75 @@ def test_flat_mode_starts_in_priority_then_input_order(priorities: list[int], se
     position = {t.task_id: i for i, t in enumerate(tasks)}
     expected = sorted(tasks, key=lambda t: (-t.priority, position[t.task_id]))
     assert started == [t.task_id for t in expected]
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**32 - 1), fail_fast=st.booleans())
+def test_fault_injection_over_a_thousand_tasks(seed: int, fail_fast: bool) -> None:
+    """Random failures (10 %), timeouts (5 %), a raising listener, retries and a random cancel."""
+    rng = random.Random(seed)
+    count = 1000
+    tasks = []
+    for i in range(count):
+        earlier = rng.sample(range(i), k=min(i, rng.randint(0, 2))) if i else []
+        tasks.append(
+            AsyncTask(f"t{i}", rng.choice(["a", "b"]), {}, dependencies=[f"t{d}" for d in earlier])
+        )
+    fate = {t.task_id: rng.random() for t in tasks}
+    reported: list[str] = []
+
+    async def executor(task: AsyncTask) -> str:
+        roll = fate[task.task_id]
+        await asyncio.sleep(0)
+        if roll < 0.05:
+            await asyncio.sleep(1)  # over the timeout
+        if roll < 0.15:
+            raise ConnectionError(f"{task.task_id} flaked")
+        return task.task_id
+
+    def listener(task_id: str, result: Any, error: str | None) -> None:
+        reported.append(task_id)
+        if fate[task_id] > 0.97:
+            raise RuntimeError("listener broke")
+
+    policy = RunPolicy(
+        task_timeout=0.005,
+        retry=RetryPolicy(retries=1, base_delay=0.0, max_delay=0.0),
+        fail_fast=fail_fast,
+        rng=random.Random(seed),
+    )
+    cancel_after = rng.choice([None, 0.005, 0.02])
+
+    async def scenario() -> dict[str, Any] | None:
+        engine = AsyncExecutionEngine(12, dependency_limit=12)
+        before = asyncio.all_tasks()
+        run = asyncio.ensure_future(
+            engine.execute_with_dependency_awareness(tasks, executor, listener, policy=policy)
+        )
+        if cancel_after is not None:
+            await asyncio.sleep(cancel_after)
+            run.cancel()
+        try:
+            summary = await run
+        except asyncio.CancelledError:
+            summary = None
+        assert asyncio.all_tasks() == before
+        assert engine.active_tasks == {}
+        assert engine.semaphore._value == 12
+        return summary
+
+    summary = asyncio.run(scenario())
+    assert len(reported) == len(set(reported))  # never reported twice
+    if summary is None:
+        return
+    assert sorted(reported) == sorted(t.task_id for t in tasks)
+    outcomes = (
+        [r for r in summary["results"]]
+        + [e["task_id"] for e in summary["errors"]]
+        + [s["task_id"] for s in summary["skipped_tasks"]]
+        + [c["task_id"] for c in summary["cancelled_tasks"]]
+    )
+    assert sorted(outcomes) == sorted(t.task_id for t in tasks)
+    assert summary["total"] == count
+    if not fail_fast:
+        assert summary["cancelled"] == 0

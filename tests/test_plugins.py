@@ -37,7 +37,17 @@ from command_handlers.settings import DEFAULT_COLOR_MAP, Settings
 
 Executor = Callable[[AsyncTask], Awaitable[Any]]
 Event = tuple[str, str, Union[str, None]]
-SUMMARY_KEYS = {"total", "success", "failed", "skipped", "results", "errors", "skipped_tasks"}
+SUMMARY_KEYS = {
+    "total",
+    "success",
+    "failed",
+    "skipped",
+    "cancelled",
+    "results",
+    "errors",
+    "skipped_tasks",
+    "cancelled_tasks",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -729,6 +739,8 @@ class SequentialBackend:
             "results": results,
             "errors": errors,
             "skipped_tasks": [],
+            "cancelled": 0,
+            "cancelled_tasks": [],
         }
 
 
