@@ -1,0 +1,568 @@
+"""The journal: every outcome committed as it happens, found again by input hash, kill -9 safe."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from command_handlers import hookimpl
+from command_handlers.default_plugins import journal as journal_module
+from command_handlers.default_plugins.journal import (
+    SCHEMA_VERSION,
+    STATUSES,
+    Answer,
+    Journal,
+    JournalError,
+    Outcome,
+)
+from command_handlers.plugins import AsyncTask, get_plugin_manager, run_tasks
+
+ZERO_COUNTS = dict.fromkeys(STATUSES, 0)
+
+
+class Clock:
+    """A hand-driven ``time`` stand-in for the journal's ``time.time``."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(journal_module, "time", fake)
+    return fake
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    with Journal(tmp_path / "j.sqlite", canvas=tmp_path / "notes.canvas") as opened:
+        yield opened
+
+
+def task(
+    task_id: str, note_id: str | None = None, agent: str = "oral", input_hash: str | None = None
+) -> SimpleNamespace:
+    data: dict[str, Any] = {"prompt": f"explain {task_id}"}
+    if note_id is not None:
+        data["note_id"] = note_id
+    if input_hash is not None:
+        data["input_hash"] = input_hash
+    return SimpleNamespace(task_id=task_id, agent_name=agent, node_data=data)
+
+
+def run_info(run_id: str = "r1", task_count: int = 3) -> SimpleNamespace:
+    return SimpleNamespace(run_id=run_id, task_count=task_count)
+
+
+def answer(text: str) -> dict[str, str]:
+    return {"text": text, "agent": "oral", "model": "echo"}
+
+
+def succeed(journal: Journal, item: SimpleNamespace, text: str = "fine") -> None:
+    journal.on_task_start(item)
+    journal.on_task_progress(item.task_id, answer(text), None)
+
+
+def fail(journal: Journal, item: SimpleNamespace, error: str = "RuntimeError: refused") -> None:
+    journal.on_task_start(item)
+    journal.on_task_progress(item.task_id, None, error)
+
+
+# -- the file ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("canvas", "expected"),
+    [
+        ("notes.canvas", Path(".notes.canvas.journal.sqlite")),
+        (Path("study/notes.canvas"), Path("study/.notes.canvas.journal.sqlite")),
+        ("/abs/my notes.canvas", Path("/abs/.my notes.canvas.journal.sqlite")),
+    ],
+)
+def test_default_path_is_a_hidden_file_beside_the_canvas(
+    canvas: str | Path, expected: Path
+) -> None:
+    assert Journal.default_path(canvas) == expected
+
+
+def test_a_new_file_gets_the_schema_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with Journal(str(path)) as journal:
+        assert journal.path == path
+        assert journal.canvas is None
+        assert journal.run_id is None
+        assert journal.outcomes() == []
+        assert journal.outcome_counts() == ZERO_COUNTS
+        conn = journal._conn
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+    assert {"runs", "outcomes", "outcomes_by_input_hash", "outcomes_by_note_agent"} <= tables
+
+
+def test_an_existing_file_is_reused(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as first:
+        succeed(first, task("t1", "n1", input_hash="h1"))
+    with Journal(path) as second:
+        assert [o.task_id for o in second.outcomes()] == ["t1"]
+        succeed(second, task("t2", "n2", input_hash="h2"))
+    with Journal(path) as third:
+        assert [o.task_id for o in third.outcomes()] == ["t1", "t2"]
+
+
+def test_an_empty_file_and_a_foreign_sqlite_file_are_adopted(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with Journal(empty) as journal:
+        assert journal.outcomes() == []
+    foreign = tmp_path / "foreign.sqlite"
+    conn = sqlite3.connect(foreign)
+    with conn:
+        conn.execute("CREATE TABLE other (x)")
+    conn.close()
+    with Journal(foreign) as journal:
+        succeed(journal, task("t1"))
+        assert len(journal.outcomes()) == 1
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    Journal(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(JournalError, match="newer") as caught:
+        Journal(path)
+    assert str(path) in str(caught.value)
+    assert f"version {SCHEMA_VERSION + 1}" in str(caught.value)
+
+
+def test_a_corrupt_file_raises_journal_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "notes.canvas"
+    path.write_text('{"nodes": [], "edges": []}\n' * 200, encoding="utf-8")
+    with pytest.raises(JournalError) as caught:
+        Journal(path)
+    assert isinstance(caught.value, ValueError)
+    assert str(path) in str(caught.value)
+    assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
+
+
+def test_an_unreachable_path_raises_journal_error(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="cannot open the journal"):
+        Journal(tmp_path / "missing" / "j.sqlite")
+    with pytest.raises(JournalError):
+        Journal(tmp_path)  # a directory
+
+
+def test_close_is_idempotent_and_the_context_manager_closes(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.close()
+    journal.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        journal.outcomes()
+    with Journal(tmp_path / "j.sqlite") as opened:
+        assert opened.outcomes() == []
+    with pytest.raises(sqlite3.ProgrammingError):
+        opened.outcomes()
+
+
+# -- the hooks -----------------------------------------------------------------------
+
+
+def test_a_run_is_recorded_with_its_canvas(journal: Journal, tmp_path: Path) -> None:
+    journal.on_run_start(run_info("r1", 7))
+    journal.on_run_start(run_info("r1", 7))  # heard twice: kept once
+    assert journal.run_id == "r1"
+    assert journal.canvas == tmp_path / "notes.canvas"
+    rows = journal._conn.execute("SELECT run_id, canvas, task_count FROM runs").fetchall()
+    assert rows == [("r1", str(tmp_path / "notes.canvas"), 7)]
+
+
+def test_a_run_without_a_canvas(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.on_run_start(run_info("r2"))
+        assert journal._conn.execute("SELECT canvas FROM runs").fetchall() == [(None,)]
+
+
+def test_a_success_is_committed_with_everything(journal: Journal, clock: Clock) -> None:
+    journal.on_run_start(run_info())
+    journal.on_task_start(task("t1", "n1", input_hash="h1"))
+    journal.on_task_progress("t1", answer("Hello"), None)
+    # committed: another connection sees it at once
+    other = sqlite3.connect(journal.path)
+    try:
+        assert other.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0] == 1
+    finally:
+        other.close()
+    (outcome,) = journal.outcomes()
+    assert outcome == Outcome(
+        id=outcome.id,
+        run_id="r1",
+        task_id="t1",
+        note_id="n1",
+        agent="oral",
+        input_hash="h1",
+        status="success",
+        result=answer("Hello"),
+        error=None,
+        attempts=1,
+        started_at=1002.0,
+        finished_at=1003.0,
+        answer_node_id=None,
+        file_node_id=None,
+        written_at=None,
+    )
+
+
+def test_a_failure_keeps_the_error_and_no_result(journal: Journal) -> None:
+    journal.on_run_start(run_info())
+    fail(journal, task("t1", "n1", input_hash="h1"), "TimeoutError: no answer in 60s")
+    (outcome,) = journal.outcomes()
+    assert outcome.status == "failed"
+    assert outcome.error == "TimeoutError: no answer in 60s"
+    assert outcome.result is None
+    assert outcome.started_at is not None
+
+
+def test_a_skipped_task_known_from_expect(journal: Journal) -> None:
+    journal.on_run_start(run_info())
+    first, second = task("t1", "n1", input_hash="h1"), task("t2", "n2", "clarify", "h2")
+    journal.expect([first, second])
+    fail(journal, first)
+    journal.on_task_progress("t2", None, "skipped: dependency 't1' failed")
+    skipped = journal.outcomes()[1]
+    assert (skipped.status, skipped.note_id, skipped.agent, skipped.input_hash) == (
+        "skipped",
+        "n2",
+        "clarify",
+        "h2",
+    )
+    assert skipped.started_at is None
+    assert skipped.error == "skipped: dependency 't1' failed"
+    assert journal.outcome_counts() == {**ZERO_COUNTS, "failed": 1, "skipped": 1}
+
+
+def test_an_unknown_task_is_still_recorded(journal: Journal) -> None:
+    journal.on_task_progress("ghost", {"text": "?"}, None)
+    (outcome,) = journal.outcomes()
+    assert (outcome.run_id, outcome.task_id, outcome.note_id, outcome.agent) == (
+        None,
+        "ghost",
+        None,
+        None,
+    )
+    assert outcome.input_hash is None
+    assert outcome.started_at is None
+
+
+def test_a_result_json_cannot_hold_is_kept_as_text(journal: Journal) -> None:
+    journal.on_task_progress("t1", {"text": "hi", "path": Path("a/b.md")}, None)
+    journal.on_task_progress("t2", "just text", None)
+    assert [o.result for o in journal.outcomes()] == [
+        {"text": "hi", "path": str(Path("a/b.md"))},
+        "just text",
+    ]
+
+
+def test_non_string_identity_values_are_stored_as_text(journal: Journal) -> None:
+    item = SimpleNamespace(task_id="t1", agent_name="oral", node_data={"note_id": 42})
+    succeed(journal, item)
+    assert journal.outcomes()[0].note_id == "42"
+
+
+def test_record_attempts_counts_the_next_outcome_only(journal: Journal) -> None:
+    journal.record_attempts("t1", 3)
+    succeed(journal, task("t1"))
+    succeed(journal, task("t1"))
+    assert [o.attempts for o in journal.outcomes()] == [3, 1]
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.0, "2"])
+def test_record_attempts_refuses_what_is_not_a_positive_int(journal: Journal, bad: Any) -> None:
+    with pytest.raises(ValueError, match="positive int"):
+        journal.record_attempts("t1", bad)
+
+
+def test_record_cancelled_records_the_tasks_in_flight(journal: Journal) -> None:
+    journal.on_run_start(run_info())
+    journal.on_task_start(task("t1", "n1", input_hash="h1"))
+    journal.on_task_start(task("t2", "n2", input_hash="h2"))
+    journal.record_attempts("t2", 2)
+    journal.on_task_progress("t1", answer("done"), None)
+    assert journal.record_cancelled() == 1
+    assert journal.record_cancelled() == 0
+    cancelled = journal.outcomes()[1]
+    assert (cancelled.task_id, cancelled.note_id, cancelled.input_hash) == ("t2", "n2", "h2")
+    assert cancelled.status == "cancelled"
+    assert cancelled.attempts == 2
+    assert cancelled.started_at is not None
+    assert cancelled.error is not None
+    assert cancelled.error.startswith("cancelled")
+    assert journal.outcome_counts("r1") == {**ZERO_COUNTS, "success": 1, "cancelled": 1}
+
+
+# -- cached_result -------------------------------------------------------------------
+
+
+def test_cached_result_hits_the_same_input_hash(journal: Journal) -> None:
+    succeed(journal, task("t1", "n1", input_hash="h1"), "first")
+    assert journal.cached_result(task("x", "other-note", input_hash="h1")) == answer("first")
+
+
+def test_cached_result_misses_another_hash_or_none(journal: Journal) -> None:
+    succeed(journal, task("t1", "n1", input_hash="h1"))
+    assert journal.cached_result(task("t1", "n1", input_hash="h2")) is None
+    assert journal.cached_result(task("t1", "n1")) is None
+
+
+def test_cached_result_ignores_failures_and_skips(journal: Journal) -> None:
+    item = task("t1", "n1", input_hash="h1")
+    fail(journal, item)
+    journal.expect([item])
+    journal.on_task_progress("t1", None, "skipped: dependency 't0' failed")
+    assert journal.cached_result(item) is None
+    succeed(journal, item, "at last")
+    fail(journal, item)  # a later failure does not hide the success
+    assert journal.cached_result(item) == answer("at last")
+
+
+def test_cached_result_the_newest_success_wins(journal: Journal) -> None:
+    for text in ("old", "new"):
+        succeed(journal, task("t1", "n1", input_hash="h1"), text)
+    assert journal.cached_result(task("t1", "n1", input_hash="h1")) == answer("new")
+
+
+def test_cached_result_of_a_result_that_is_not_a_dict_is_none(journal: Journal) -> None:
+    journal.expect([task("t1", "n1", input_hash="h1")])
+    journal.on_task_progress("t1", "plain text", None)
+    assert journal.cached_result(task("t1", "n1", input_hash="h1")) is None
+
+
+def test_cached_result_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as journal:
+        succeed(journal, task("t1", "n1", input_hash="h1"), "kept")
+    with Journal(path) as journal:
+        assert journal.cached_result(task("t1", "n1", input_hash="h1")) == answer("kept")
+
+
+# -- written answers -----------------------------------------------------------------
+
+
+def test_mark_written_and_answers_for(journal: Journal, clock: Clock) -> None:
+    succeed(journal, task("t1", "n1", input_hash="h1"), "v1")
+    assert journal.answers_for("n1", "oral") == []
+    journal.mark_written("h1", "n1", "oral", "card-1", "file-1")
+    succeed(journal, task("t1", "n1", input_hash="h2"), "v2")  # the note was edited
+    journal.mark_written("h2", "n1", "oral", "card-2", None)
+    answers = journal.answers_for("n1", "oral")
+    assert [(a.answer_node_id, a.file_node_id, a.input_hash) for a in answers] == [
+        ("card-2", None, "h2"),
+        ("card-1", "file-1", "h1"),
+    ]
+    assert answers[0].written_at > answers[1].written_at
+    assert isinstance(answers[0], Answer)
+    assert journal.answers_for("n1", "clarify") == []
+    assert journal.answers_for("n2", "oral") == []
+
+
+def test_mark_written_marks_the_newest_success_of_the_note(journal: Journal) -> None:
+    item = task("t1", "n1", input_hash="h1")
+    succeed(journal, item, "old")
+    succeed(journal, item, "new")
+    fail(journal, item)
+    journal.mark_written("h1", "n1", "oral", "card", "file")
+    marked = [(o.result, o.answer_node_id) for o in journal.outcomes()]
+    assert marked == [(answer("old"), None), (answer("new"), "card"), (None, None)]
+
+
+def test_mark_written_copies_an_answer_reused_from_another_note(journal: Journal) -> None:
+    journal.on_run_start(run_info("r1"))
+    succeed(journal, task("t1", "n1", input_hash="same"), "shared")
+    journal.on_run_start(run_info("r2"))
+    journal.mark_written("same", "n2", "oral", "card-n2", "file-n2")
+    copy = journal.outcomes()[-1]
+    assert (copy.run_id, copy.task_id, copy.note_id, copy.agent) == ("r2", None, "n2", "oral")
+    assert (copy.status, copy.result, copy.attempts) == ("success", answer("shared"), 0)
+    assert copy.answer_node_id == "card-n2"
+    assert copy.written_at is not None
+    assert [a.answer_node_id for a in journal.answers_for("n2", "oral")] == ["card-n2"]
+    assert journal.answers_for("n1", "oral") == []
+
+
+def test_mark_written_without_any_success_raises_lookup_error(journal: Journal) -> None:
+    fail(journal, task("t1", "n1", input_hash="h1"))
+    with pytest.raises(LookupError, match="h1"):
+        journal.mark_written("h1", "n1", "oral", "card", None)
+    assert journal.outcome_counts() == {**ZERO_COUNTS, "failed": 1}  # nothing written
+
+
+def test_unwritten_successes(journal: Journal) -> None:
+    succeed(journal, task("a", "n1", input_hash="h1"), "a-old")
+    succeed(journal, task("a", "n1", input_hash="h1"), "a-new")
+    succeed(journal, task("b", "n2", input_hash="h2"), "b")
+    succeed(journal, task("c", "n3", input_hash="h3"), "c-old")
+    fail(journal, task("d", "n4", input_hash="h4"))
+    journal.on_task_progress("no-hash", answer("x"), None)
+    journal.mark_written("h2", "n2", "oral", "card-b", None)
+    succeed(journal, task("c", "n3", input_hash="h3"), "c-new")
+    journal.mark_written("h3", "n3", "oral", "card-c", None)  # marks c-new: c-old is older
+    unwritten = journal.unwritten_successes()
+    assert [(o.task_id, o.result["text"]) for o in unwritten] == [("a", "a-new")]
+    journal.mark_written("h1", "n1", "oral", "card-a", None)
+    assert journal.unwritten_successes() == []
+
+
+def test_outcome_counts_per_run(journal: Journal) -> None:
+    journal.on_run_start(run_info("r1"))
+    succeed(journal, task("t1"))
+    fail(journal, task("t2"))
+    journal.on_run_start(run_info("r2"))
+    succeed(journal, task("t1"))
+    assert journal.outcome_counts() == {**ZERO_COUNTS, "success": 2, "failed": 1}
+    assert journal.outcome_counts("r1") == {**ZERO_COUNTS, "success": 1, "failed": 1}
+    assert journal.outcome_counts("r2") == {**ZERO_COUNTS, "success": 1}
+    assert journal.outcome_counts("r3") == ZERO_COUNTS
+    assert [o.task_id for o in journal.outcomes("r2")] == ["t1"]
+
+
+# -- a process killed between outcomes -----------------------------------------------
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from types import SimpleNamespace
+    from command_handlers.default_plugins.journal import Journal
+
+    journal = Journal(sys.argv[1])
+    journal.on_run_start(SimpleNamespace(run_id="doomed", task_count=10**9))
+    i = 0
+    while True:
+        item = SimpleNamespace(
+            task_id=f"t{i}", agent_name="oral",
+            node_data={"note_id": f"n{i}", "input_hash": f"h{i}"},
+        )
+        journal.on_task_start(item)
+        journal.on_task_progress(item.task_id, {"text": "x" * 2000, "i": i}, None)
+        print(i + 1, flush=True)
+        i += 1
+    """
+)
+
+
+def test_kill_9_between_outcomes_loses_nothing_committed(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    printed = 0
+    try:
+        assert child.stdout is not None
+        while printed < 50:
+            line = child.stdout.readline()
+            if not line:
+                break
+            printed = int(line)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        _, stderr = child.communicate()
+    assert child.returncode == -signal.SIGKILL
+    assert printed >= 50, stderr
+    with Journal(path) as journal:
+        assert journal._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        outcomes = journal.outcomes("doomed")
+        assert len(outcomes) >= printed
+        assert [o.task_id for o in outcomes] == [f"t{i}" for i in range(len(outcomes))]
+        assert all(o.status == "success" for o in outcomes)
+        assert journal.cached_result(task("t0", "n0", input_hash="h0")) == {
+            "text": "x" * 2000,
+            "i": 0,
+        }
+        succeed(journal, task("after", "n", input_hash="h"))  # still writable
+        assert journal.outcome_counts()["success"] == len(outcomes) + 1
+
+
+# -- through the plugin layer --------------------------------------------------------
+
+
+class EchoPlugin:
+    """Registers ``echo-agent``, which answers the prompt, or fails on ``"boom"``."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def register_executors(self, register: Any) -> None:
+        async def executor(task: AsyncTask) -> dict[str, Any]:
+            self.calls.append(task.task_id)
+            prompt = task.node_data["prompt"]
+            if prompt == "boom":
+                raise RuntimeError("model refused")
+            return {"text": prompt.upper(), "agent": task.agent_name, "model": "echo"}
+
+        register("echo-agent", executor)
+
+
+def note_task(task_id: str, prompt: str, dependencies: list[str] | None = None) -> AsyncTask:
+    data = {"note_id": f"note-{task_id}", "input_hash": f"hash-{prompt}", "prompt": prompt}
+    return AsyncTask(task_id, "echo-agent", data, dependencies=dependencies)
+
+
+async def test_through_the_plugin_layer(tmp_path: Path) -> None:
+    pm = get_plugin_manager(load_entry_points=False)
+    echo = EchoPlugin()
+    pm.register(echo, name="echo")
+    journal = Journal(tmp_path / "j.sqlite", canvas=tmp_path / "notes.canvas")
+    pm.register(journal, name="journal")
+    try:
+        tasks = [
+            note_task("a", "hello"),
+            note_task("b", "boom"),
+            note_task("c", "after boom", dependencies=["b"]),
+        ]
+        journal.expect(tasks)
+        summary = await run_tasks(tasks, pm=pm, dependency_aware=True)
+        assert (summary["success"], summary["failed"], summary["skipped"]) == (1, 1, 1)
+        run_id = journal.run_id
+        assert run_id is not None
+        rows = {o.task_id: o for o in journal.outcomes(run_id)}
+        assert {t: (o.status, o.note_id, o.agent, o.input_hash) for t, o in rows.items()} == {
+            "a": ("success", "note-a", "echo-agent", "hash-hello"),
+            "b": ("failed", "note-b", "echo-agent", "hash-boom"),
+            "c": ("skipped", "note-c", "echo-agent", "hash-after boom"),
+        }
+        assert rows["a"].result == {"text": "HELLO", "agent": "echo-agent", "model": "echo"}
+        assert rows["b"].error == "model refused"
+        assert rows["c"].started_at is None
+        # the next run asks the hook before paying again
+        again = note_task("a2", "hello")
+        assert pm.hook.cached_result(task=again) == rows["a"].result
+        assert pm.hook.cached_result(task=note_task("b", "boom")) is None
+        assert echo.calls.count("a") == 1
+    finally:
+        pm.unregister(journal)
+        journal.close()
