@@ -1,0 +1,473 @@
+"""Benchmark of the ``/intelligent-parallel`` command with a fake model, and of canvas I/O.
+
+Measures, in one run of this script:
+
+1. the makespan of the real handler (``IntelligentParallelCommandHandler().run``
+   with ``auto`` and ``max`` 12) on generated canvases of N notes (N red
+   question nodes, each linked to a learner's note of colour "6"), when every
+   agent call is a fake model answering after a fixed latency; the bound is
+   ``ceil(N / 12) * latency`` plus the canvas I/O of that run (reading the
+   input canvas, writing the answered one with its backup), timed on the same
+   files apart from the run. Target: makespan within 10 % of the bound;
+2. reading (``Canvas.load``) and writing (``canvas.save``, with and without the
+   ``.bak`` backup) a generated canvas of 10,000 nodes and about 10,000 edges,
+   best of 5. Target: each under 100 ms.
+
+The fake model is a plugin handed to the handler (``plugins=[...]``) that
+registers, with ``override=True``, an executor for each agent of the default
+colour map ("clarification-path" answers colour "6"): it sleeps ``--latency``
+seconds and returns ``{"text", "agent", "model": "fake"}``. Everything else is
+the real command: option checks, plugin manager, routing, prompts, the engine,
+the answer cards, the Markdown documents and the atomic save.
+
+Usage::
+
+    python benchmarks/bench_command.py [--latency 0.5] [--sizes 10,20,50]
+                                       [--repeats 3] [--io-nodes 10000]
+                                       [--io-repeats 5] [--quick] [--json FILE]
+
+``--quick`` is a smoke run: latency 0.1 s, sizes 10 and 20, one repeat, a
+2,000-node canvas for I/O. The exit status is 0 whatever the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from command_handlers import hookimpl  # noqa: E402
+from command_handlers.async_execution_engine import AsyncTask  # noqa: E402
+from command_handlers.canvas import Canvas  # noqa: E402
+from command_handlers.intelligent_parallel_handler import (  # noqa: E402
+    IntelligentParallelCommandHandler,
+)
+from command_handlers.settings import DEFAULT_COLOR_MAP  # noqa: E402
+
+CONCURRENCY = 12
+LATENCY = 0.5
+SIZES = (10, 20, 50)
+QUICK_LATENCY = 0.1
+QUICK_SIZES = (10, 20)
+IO_NODES = 10_000
+QUICK_IO_NODES = 2_000
+MAKESPAN_TOLERANCE = 0.10
+IO_TARGET_MS = 100.0
+SEED = 20261125
+
+#: The origin's figures, with real agents (seconds per run of N notes).
+ORIGIN_SECONDS = {10: 12, 20: 25, 50: 58}
+ORIGIN_IO_MS = {"read": 15, "write": 183}
+
+Row = Sequence[str]
+
+
+# --------------------------------------------------------------------------
+# The fake model.
+# --------------------------------------------------------------------------
+
+
+class FakeModel:
+    """A plugin whose agents answer after ``latency`` seconds, whatever the prompt."""
+
+    def __init__(self, latency: float, agents: Sequence[str]) -> None:
+        self.latency = latency
+        self.agents = list(dict.fromkeys(agents))
+        self.calls = 0
+        self.peak = 0
+        self._running = 0
+
+    def _executor(self, name: str) -> Callable[[AsyncTask], Any]:
+        async def answer(task: AsyncTask) -> dict[str, Any]:
+            self.calls += 1
+            self._running += 1
+            self.peak = max(self.peak, self._running)
+            try:
+                await asyncio.sleep(self.latency)
+            finally:
+                self._running -= 1
+            prompt = str(task.node_data.get("prompt", ""))
+            text = f"A fake explanation by {name} ({len(prompt)} prompt characters).\n\n" + (
+                "Line of the answer.\n" * 6
+            )
+            return {"text": text, "agent": name, "model": "fake"}
+
+        return answer
+
+    @hookimpl
+    def register_executors(self, register: Callable[..., None]) -> None:
+        """Replace the real agents with fakes."""
+        for name in self.agents:
+            register(name, self._executor(name), override=True, description="fake model")
+
+
+# --------------------------------------------------------------------------
+# Generated canvases.
+# --------------------------------------------------------------------------
+
+
+def _node_id(kind: str, n: int) -> str:
+    return f"{kind}{n:015x}"
+
+
+def study_canvas(notes: int) -> dict[str, Any]:
+    """``notes`` red questions, each linked to a learner's note of colour "6"."""
+    nodes: list[dict[str, Any]] = []
+    edges: list[dict[str, Any]] = []
+    for i in range(notes):
+        question, note = _node_id("a", i), _node_id("b", i)
+        y = i * 240
+        nodes.append(
+            {
+                "id": question,
+                "type": "text",
+                "text": f"## Question {i}: why does step {i} of the algorithm terminate?",
+                "x": 0,
+                "y": y,
+                "width": 320,
+                "height": 140,
+                "color": "1",
+            }
+        )
+        nodes.append(
+            {
+                "id": note,
+                "type": "text",
+                "text": f"I think step {i} stops because the input gets smaller each time,"
+                " but I am not sure why it cannot loop forever.",
+                "x": 400,
+                "y": y,
+                "width": 360,
+                "height": 140,
+                "color": "6",
+            }
+        )
+        edges.append(
+            {
+                "id": _node_id("c", i),
+                "fromNode": question,
+                "fromSide": "right",
+                "toNode": note,
+                "toSide": "left",
+            }
+        )
+    return {"nodes": nodes, "edges": edges}
+
+
+def large_canvas(count: int, seed: int = SEED) -> dict[str, Any]:
+    """``count`` nodes (text mostly, some file, link and group nodes) and ``count`` edges."""
+    rng = random.Random(seed)
+    words = ["base", "case", "stack", "thread", "heap", "queue", "graph", "cache", "proof"]
+    nodes: list[dict[str, Any]] = []
+    for i in range(count):
+        node: dict[str, Any] = {
+            "id": _node_id("n", i),
+            "x": (i % 100) * 420,
+            "y": (i // 100) * 260,
+            "width": 360,
+            "height": 180,
+        }
+        kind = rng.random()
+        if kind < 0.80:
+            node["type"] = "text"
+            node["text"] = " ".join(rng.choice(words) for _ in range(rng.randint(8, 40)))
+        elif kind < 0.90:
+            node["type"] = "file"
+            node["file"] = f"notes/{rng.choice(words)}-{i}.md"
+        elif kind < 0.97:
+            node["type"] = "link"
+            node["url"] = f"https://example.org/{rng.choice(words)}/{i}"
+        else:
+            node["type"] = "group"
+            node["label"] = rng.choice(words).title()
+        if rng.random() < 0.5:
+            node["color"] = rng.choice("123456")
+        nodes.append(node)
+    edges: list[dict[str, Any]] = []
+    sides = ("top", "right", "bottom", "left")
+    for i in range(count):
+        edge: dict[str, Any] = {
+            "id": _node_id("e", i),
+            "fromNode": nodes[rng.randrange(count)]["id"],
+            "fromSide": rng.choice(sides),
+            "toNode": nodes[rng.randrange(count)]["id"],
+            "toSide": rng.choice(sides),
+        }
+        if rng.random() < 0.2:
+            edge["label"] = rng.choice(words)
+        edges.append(edge)
+    return {"nodes": nodes, "edges": edges}
+
+
+def write_canvas(path: Path, data: dict[str, Any]) -> None:
+    """Write a canvas as Obsidian does (tab-indented JSON)."""
+    path.write_text(json.dumps(data, indent="\t", ensure_ascii=False), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------
+# Measurements.
+# --------------------------------------------------------------------------
+
+
+def _timed(action: Callable[[], Any]) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def run_command(folder: Path, notes: int, latency: float) -> dict[str, Any]:
+    """One run of the handler on a fresh canvas of ``notes`` notes, in a fresh event loop."""
+    folder.mkdir(parents=True)
+    path = folder / "study.canvas"
+    write_canvas(path, study_canvas(notes))
+    model = FakeModel(latency, DEFAULT_COLOR_MAP.values())
+    handler = IntelligentParallelCommandHandler(plugins=[model])
+    options = {"auto": True, "max": CONCURRENCY, "no_plugins": True}
+    loop = asyncio.new_event_loop()
+    try:
+        gc.collect()
+        start = time.perf_counter()
+        result = loop.run_until_complete(handler.run(path, options))
+        makespan = time.perf_counter() - start
+    finally:
+        loop.close()
+    stats = result.get("stats", {})
+    if not result.get("success") or stats.get("processed_nodes") != notes:
+        raise RuntimeError(f"the run failed: {result.get('message')!r}, stats {stats}")
+    if model.calls != notes or {r["model"] for r in result["results"]} != {"fake"}:
+        raise RuntimeError(f"the fake model answered {model.calls} of {notes} notes")
+
+    # The same run's canvas I/O, timed apart: read the input, write the answered
+    # canvas over a copy of the input (so the backup copies the same bytes).
+    original = folder / "original.canvas"
+    write_canvas(original, study_canvas(notes))
+    read = min(_timed(lambda: Canvas.load(original)) for _ in range(3))
+    answered = Canvas.load(path)
+    scratch = folder / "scratch.canvas"
+    writes = []
+    for _ in range(3):
+        shutil.copyfile(original, scratch)
+        writes.append(_timed(lambda: answered.save(scratch, backup=True)))
+    return {
+        "makespan": makespan,
+        "engine_seconds": result["elapsed_seconds"],
+        "canvas_io": read + min(writes),
+        "read": read,
+        "write": min(writes),
+        "peak_concurrency": model.peak,
+        "calls": model.calls,
+    }
+
+
+def measure_makespan(
+    folder: Path, sizes: Sequence[int], latency: float, repeats: int
+) -> dict[int, list[dict[str, Any]]]:
+    """Run every size ``repeats`` times, interleaved; a warm-up run first."""
+    run_command(folder / "warm-up", 2, min(latency, 0.01))
+    runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
+    for repeat in range(repeats):
+        for size in sizes:
+            runs[size].append(run_command(folder / f"n{size}-r{repeat}", size, latency))
+        print(f"makespan round {repeat + 1}/{repeats} done", file=sys.stderr)
+    return runs
+
+
+def measure_io(folder: Path, count: int, repeats: int) -> dict[str, Any]:
+    """Best-of-``repeats`` times (seconds) of reading and writing a ``count``-node canvas."""
+    folder.mkdir(parents=True)
+    path = folder / "large.canvas"
+    data = large_canvas(count)
+    write_canvas(path, data)
+    size = path.stat().st_size
+    canvas = Canvas.load(path)
+    target = folder / "written.canvas"
+    canvas.save(target)  # exists from now on, so the default save makes a backup
+    times: dict[str, list[float]] = {"read": [], "write": [], "write_no_backup": [], "to_json": []}
+    for _ in range(repeats):
+        times["read"].append(_timed(lambda: Canvas.load(path)))
+        times["write"].append(_timed(lambda: canvas.save(target)))
+        times["write_no_backup"].append(_timed(lambda: canvas.save(target, backup=False)))
+        times["to_json"].append(_timed(canvas.to_json))
+    return {
+        "nodes": len(data["nodes"]),
+        "edges": len(data["edges"]),
+        "bytes": size,
+        "best": {key: min(values) for key, values in times.items()},
+        "values": times,
+    }
+
+
+# --------------------------------------------------------------------------
+# Report.
+# --------------------------------------------------------------------------
+
+
+def _verdict(ok: bool, detail: str = "") -> str:
+    return ("PASS" if ok else "MISS") + (f" ({detail})" if detail else "")
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def makespan_rows(runs: dict[int, list[dict[str, Any]]], latency: float) -> list[Row]:
+    rows: list[Row] = [
+        (
+            "notes",
+            "latency",
+            "makespan",
+            "bound",
+            "makespan/bound",
+            "target",
+            "result",
+            "origin (real agents)",
+        )
+    ]
+    for size, figures in runs.items():
+        best = min(figures, key=lambda f: f["makespan"])
+        batches = math.ceil(size / CONCURRENCY)
+        bound = batches * latency + best["canvas_io"]
+        ratio = best["makespan"] / bound
+        origin = ORIGIN_SECONDS.get(size)
+        rows.append(
+            (
+                str(size),
+                f"{latency:g} s",
+                f"{best['makespan']:.3f} s",
+                f"{bound:.3f} s ({batches} x {latency:g} s + {best['canvas_io'] * 1e3:.1f} ms)",
+                f"{ratio:.3f}",
+                f"<= {1 + MAKESPAN_TOLERANCE:.2f}",
+                _verdict(ratio <= 1 + MAKESPAN_TOLERANCE, f"peak {best['peak_concurrency']}"),
+                f"{origin} s" if origin else "",
+            )
+        )
+    return rows
+
+
+def io_rows(io: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = [("operation", "canvas", "best", "target", "result", "origin")]
+    what = f"{io['nodes']:,} nodes, {io['edges']:,} edges, {io['bytes'] / 1e6:.1f} MB"
+    for key, label, target, origin in (
+        ("read", "read (Canvas.load)", True, "read"),
+        ("write", "write (canvas.save, with .bak)", True, "write"),
+        ("write_no_backup", "write (canvas.save, backup=False)", True, "write"),
+        ("to_json", "serialise only (to_json)", False, None),
+    ):
+        millis = io["best"][key] * 1e3
+        rows.append(
+            (
+                label,
+                what,
+                f"{millis:.1f} ms",
+                f"< {IO_TARGET_MS:.0f} ms" if target else "",
+                _verdict(millis < IO_TARGET_MS) if target else "",
+                f"{ORIGIN_IO_MS[origin]} ms (small canvas)" if origin else "",
+            )
+        )
+    return rows
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("sizes must be positive integers, e.g. 10,20,50")
+    return sizes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--latency", type=float, default=None, help="fake model latency (0.5 s)")
+    parser.add_argument("--sizes", type=_sizes, default=None, help="notes per canvas (10,20,50)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per size, best kept (3)")
+    parser.add_argument("--io-nodes", type=int, default=None, help="nodes of the I/O canvas")
+    parser.add_argument("--io-repeats", type=int, default=5, help="I/O repeats, best kept (5)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 0.1 s, 10/20, 1 repeat")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    args = parser.parse_args(argv)
+
+    latency = (
+        args.latency if args.latency is not None else (QUICK_LATENCY if args.quick else LATENCY)
+    )
+    sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
+    repeats = 1 if args.quick else max(1, args.repeats)
+    io_nodes = args.io_nodes or (QUICK_IO_NODES if args.quick else IO_NODES)
+    io_repeats = max(1, args.io_repeats)
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-command-") as temp:
+        folder = Path(temp)
+        runs = measure_makespan(folder / "command", sizes, latency, repeats)
+        io = measure_io(folder / "io", io_nodes, io_repeats)
+    seconds = time.perf_counter() - started
+
+    print(
+        f"# {time.strftime('%Y-%m-%d')}  Python {platform.python_version()}  "
+        f"{os.cpu_count()} CPUs  best of {repeats} run(s) per size, {io_repeats} for I/O"
+    )
+    print(
+        f"# the /intelligent-parallel handler, fake model of {latency:g} s, max {CONCURRENCY};"
+        f" bound = ceil(notes/{CONCURRENCY}) x latency + that run's canvas I/O (read + save)"
+    )
+    print(
+        "# origin, with real agents: 10/20/50 notes in 12/25/58 s;"
+        " canvas read 15 ms, write 183 ms (small canvases)"
+    )
+    print(format_table(makespan_rows(runs, latency)))
+    print()
+    print(f"# canvas I/O, best of {io_repeats}")
+    print(format_table(io_rows(io)))
+    print(f"# total {seconds:.1f} s", flush=True)
+
+    if args.json:
+        payload = {
+            "meta": {
+                "date": time.strftime("%Y-%m-%d"),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "latency": latency,
+                "concurrency": CONCURRENCY,
+                "repeats": repeats,
+                "io_repeats": io_repeats,
+                "seconds": round(seconds, 1),
+            },
+            "makespan": {
+                str(size): {
+                    "best": min(figures, key=lambda f: f["makespan"]),
+                    "makespans": [f["makespan"] for f in figures],
+                    "median": statistics.median(f["makespan"] for f in figures),
+                }
+                for size, figures in runs.items()
+            },
+            "io": io,
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
