@@ -103,6 +103,7 @@ def execute_tasks(
     agent_limits: Mapping[str, int],
     progress_callback: Callable[[str, Any, str | None], Any] | None,
     start_callback: Callable[[Any], Any] | None,
+    policy: Any,
 ) -> Awaitable[Mapping[str, Any]] | None:
     """Run the tasks; the first implementation that returns an awaitable wins.
 
@@ -123,6 +124,9 @@ def execute_tasks(
         progress_callback: Call once per finished task as ``(task_id, result, error)``
             (``None`` when nobody listens).
         start_callback: Call with each task as it starts (``None`` when nobody listens).
+        policy: The run's :class:`~command_handlers.plugins.RunPolicy`
+            (timeouts, retries, rates, fail-fast, stop); a backend that cannot
+            honour a field should say so rather than ignore it.
 
     Returns:
         An awaitable of the summary dict (the engine's keys), or ``None``.
@@ -142,4 +146,31 @@ def cached_result(task: Any) -> Mapping[str, Any] | None:
 
     Returns:
         The result dict to reuse, or ``None``.
+    """
+
+
+@hookspec
+def on_task_retry(task: Any, attempt: int, error: str, delay: float) -> None:
+    """A task failed with an error worth another try and will run again.
+
+    Args:
+        task: The :class:`~command_handlers.plugins.AsyncTask`.
+        attempt: The attempt that failed (1 for the first).
+        error: Its error text.
+        delay: Seconds until the next attempt.
+    """
+
+
+@hookspec(firstresult=True)
+def is_retryable(error: BaseException) -> bool | None:
+    """Decide whether an error is worth another try; the first non-``None`` answer wins.
+
+    Without an answer the engine's default rule decides (timeouts, connection
+    errors, rate limits, 5xx; see ``docs/reliability.md``).
+
+    Args:
+        error: The exception a task raised.
+
+    Returns:
+        ``True`` to retry, ``False`` not to, ``None`` to let others decide.
     """

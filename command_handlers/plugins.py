@@ -9,6 +9,7 @@ default the engine).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import operator
@@ -26,6 +27,10 @@ from command_handlers.async_execution_engine import (
     DEFAULT_DEPENDENCY_LIMIT,
     AsyncTask,
     DependencyCycleError,
+    RateLimit,
+    RetryPolicy,
+    RunPolicy,
+    TaskTimeoutError,
 )
 from command_handlers.default_plugins import command_agent, engine_backend, llm_agents, routing
 from command_handlers.settings import Settings
@@ -36,7 +41,11 @@ __all__ = [
     "DependencyCycleError",
     "DuplicateAgentError",
     "ExecutorRegistry",
+    "RateLimit",
+    "RetryPolicy",
     "RunInfo",
+    "RunPolicy",
+    "TaskTimeoutError",
     "UnknownAgentError",
     "collect_executors",
     "get_plugin_manager",
@@ -93,6 +102,7 @@ class _Registration:
     max_concurrency: int | None
     description: str
     override: bool
+    rate: RateLimit | None = None
 
 
 class ExecutorRegistry:
@@ -110,6 +120,7 @@ class ExecutorRegistry:
         *,
         description: str = "",
         override: bool = False,
+        rate: RateLimit | float | str | None = None,
     ) -> None:
         """Register ``executor`` for ``agent_name`` on behalf of ``plugin``.
 
@@ -120,6 +131,8 @@ class ExecutorRegistry:
             max_concurrency: At most this many calls of this agent at once.
             description: One line saying what the agent does (routers read it).
             override: Win over another plugin's registration of the same name.
+            rate: At most this many calls of this agent start per second
+                (``"10/min"``, a number per second, or a :class:`RateLimit`).
 
         Raises:
             TypeError: ``executor`` is not callable.
@@ -140,7 +153,11 @@ class ExecutorRegistry:
                 f"plugin {plugin!r}: max_concurrency of agent {agent_name!r} must be a positive"
                 f" int, got {max_concurrency!r}"
             )
-        new = _Registration(executor, plugin, max_concurrency, description, override)
+        try:
+            limit = RateLimit.parse(rate) if rate is not None else None
+        except ValueError as error:
+            raise ValueError(f"plugin {plugin!r}: agent {agent_name!r}: {error}") from None
+        new = _Registration(executor, plugin, max_concurrency, description, override, limit)
         old = self._agents.get(agent_name)
         if old is not None and old.override == override:
             raise DuplicateAgentError(
@@ -180,6 +197,10 @@ class ExecutorRegistry:
             for name, reg in self._agents.items()
             if reg.max_concurrency is not None
         }
+
+    def rates(self) -> dict[str, RateLimit]:
+        """Return agent name -> its rate limit, for the agents that have one."""
+        return {name: reg.rate for name, reg in self._agents.items() if reg.rate is not None}
 
     def _lookup(self, agent_name: str) -> _Registration:
         try:
@@ -280,6 +301,7 @@ def collect_executors(
             *,
             description: str = "",
             override: bool = False,
+            rate: RateLimit | float | str | None = None,
             _plugin: str = plugin,
         ) -> None:
             registry.add(
@@ -289,6 +311,7 @@ def collect_executors(
                 max_concurrency,
                 description=description,
                 override=override,
+                rate=rate,
             )
 
         arguments["register"] = register
@@ -390,6 +413,8 @@ async def run_tasks(
     progress_callback: Callable[[str, Any, str | None], Any] | None = None,
     settings: Settings | None = None,
     dependency_limit: int = DEFAULT_DEPENDENCY_LIMIT,
+    policy: RunPolicy | None = None,
+    use_cache: bool = False,
 ) -> dict[str, Any]:
     """Run tasks on the executors plugins registered, through the ``execute_tasks`` hook.
 
@@ -397,9 +422,10 @@ async def run_tasks(
     whose agent nobody registered fails (not the run) with an
     :class:`UnknownAgentError` listing the registered agents. Listener hooks
     hear of the run: ``on_run_start``, then per task ``on_task_start`` and
-    ``on_task_progress``, then ``on_run_end``; within one hook, plugins are
-    called in pluggy's order (last registered first, ``tryfirst``/``trylast``
-    honoured), and ``progress_callback`` after them.
+    ``on_task_progress`` (and ``on_task_retry`` before each retry), then
+    ``on_run_end``; within one hook, plugins are called in pluggy's order (last
+    registered first, ``tryfirst``/``trylast`` honoured), and
+    ``progress_callback`` after them.
 
     Args:
         tasks: The tasks.
@@ -410,9 +436,15 @@ async def run_tasks(
             ``(task_id, result, error)``; sync or async.
         settings: Handed to plugins (defaults when ``None``).
         dependency_limit: At most this many at once in the dependency-aware mode.
+        policy: Timeouts, retries, rates, fail-fast, stop (see the engine).
+            Agents' own ``rate=`` registrations join ``policy.agent_rates``;
+            the ``is_retryable`` hook decides before the default rule.
+        use_cache: Ask the ``cached_result`` hook first; a task it answers
+            does not run and succeeds with the cached result.
 
     Returns:
-        The summary dict, with the engine's keys.
+        The summary dict, with the engine's keys, plus ``cached`` (the ids of
+        the tasks answered from the cache).
 
     Raises:
         ValueError: Bad tasks or limits (as the engine raises them).
@@ -430,19 +462,71 @@ async def run_tasks(
         max_concurrency=max_concurrency,
         tasks=tuple(task_list),
     )
+    route = registry.router()
+    cached: dict[str, Any] = {}
+    if use_cache:
+        for task in task_list:
+            hit = pm.hook.cached_result(task=task)
+            if hit is not None:
+                cached[task.task_id] = dict(hit)
+        if cached:
+            route = _answer_from(cached, route)
     await _Listeners(pm, "on_run_start").call_async(run)
     pending = pm.hook.execute_tasks(
         tasks=task_list,
-        executor=registry.router(),
+        executor=route,
         dependency_aware=dependency_aware,
         max_concurrency=max_concurrency,
         dependency_limit=dependency_limit,
         agent_limits=registry.limits(),
         progress_callback=_Listeners(pm, "on_task_progress", progress_callback).callback(),
         start_callback=_Listeners(pm, "on_task_start").callback(),
+        policy=_plugin_policy(pm, registry, policy),
     )
     if pending is None:
         raise RuntimeError("no plugin implements execute_tasks")
     summary: dict[str, Any] = dict(await pending)
+    summary["cached"] = sorted(cached)
     await _Listeners(pm, "on_run_end").call_async(run, summary)
     return summary
+
+
+def _answer_from(
+    cached: Mapping[str, Any], route: Callable[[AsyncTask], Awaitable[Any]]
+) -> Callable[[AsyncTask], Awaitable[Any]]:
+    """Route tasks with a cached result to that result, the others as before."""
+
+    async def replay(result: Any) -> Any:
+        return result
+
+    def routed(task: AsyncTask) -> Awaitable[Any]:
+        if task.task_id in cached:
+            return replay(cached[task.task_id])
+        return route(task)
+
+    return routed
+
+
+def _plugin_policy(
+    pm: pluggy.PluginManager, registry: ExecutorRegistry, policy: RunPolicy | None
+) -> RunPolicy:
+    """The caller's policy, with the agents' rates and the plugins' retry hooks added."""
+    policy = policy or RunPolicy()
+    rates: dict[str, Any] = {**registry.rates(), **dict(policy.agent_rates)}
+    retry_if = policy.retry_if
+    if pm.hook.is_retryable.get_hookimpls():
+
+        def decide(error: BaseException) -> bool | None:
+            verdict = pm.hook.is_retryable(error=error)
+            if verdict is None and policy.retry_if is not None:
+                return policy.retry_if(error)
+            return verdict  # type: ignore[no-any-return]
+
+        retry_if = decide
+    listeners = _Listeners(pm, "on_task_retry", policy.retry_callback)
+    return dataclasses.replace(
+        policy,
+        agent_rates=rates,
+        retry_if=retry_if,
+        retry_callback=listeners.callback(),
+    )

@@ -47,6 +47,7 @@ SUMMARY_KEYS = {
     "errors",
     "skipped_tasks",
     "cancelled_tasks",
+    "cached",
 }
 
 

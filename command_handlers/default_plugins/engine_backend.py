@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Callable
 
 from command_handlers import hookimpl
-from command_handlers.async_execution_engine import AsyncExecutionEngine, AsyncTask
+from command_handlers.async_execution_engine import AsyncExecutionEngine, AsyncTask, RunPolicy
 
 
 @hookimpl(trylast=True)
@@ -19,6 +19,7 @@ def execute_tasks(
     agent_limits: Mapping[str, int],
     progress_callback: Callable[[str, Any, str | None], Any] | None,
     start_callback: Callable[[AsyncTask], Any] | None,
+    policy: RunPolicy | None = None,
 ) -> Awaitable[dict[str, Any]]:
     """Run the tasks on a fresh :class:`AsyncExecutionEngine`.
 
@@ -31,6 +32,7 @@ def execute_tasks(
         agent_limits: Per-agent limits.
         progress_callback: Told of each finished task.
         start_callback: Told of each started task.
+        policy: Timeouts, retries, rates, fail-fast and stop.
 
     Returns:
         The engine's run, to be awaited for the summary.
@@ -43,4 +45,5 @@ def execute_tasks(
         progress_callback,
         agent_limits=agent_limits,
         start_callback=start_callback,
+        policy=policy,
     )
