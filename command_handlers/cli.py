@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -64,6 +65,16 @@ def _concurrency(text: str) -> int:
         ) from None
     if not 1 <= value <= 20:
         raise argparse.ArgumentTypeError(f"must be between 1 and 20, got {value}")
+    return value
+
+
+def _whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -171,6 +182,79 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-d", "--dry-run", action="store_true", help="print the plan and change nothing"
     )
+    run.add_argument(
+        "--retries",
+        type=_whole_number,
+        default=2,
+        metavar="N",
+        help="try a call again up to N times after a timeout, a connection error or a"
+        " rate limit (default: 2)",
+    )
+    run.add_argument(
+        "--retry-base",
+        type=_positive_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="first retry waits up to this long, doubling each time (default: 1)",
+    )
+    run.add_argument(
+        "--retry-cap",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait between retries (default: 30)",
+    )
+    run.add_argument(
+        "--rate",
+        metavar="N/s",
+        help="at most this many calls start per second or minute (5/s, 60/min)",
+    )
+    run.add_argument(
+        "--agent-rate",
+        dest="agent_rates",
+        action="append",
+        metavar="AGENT=N/s",
+        help="a rate for one agent (repeatable)",
+    )
+    run.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop at the first call that fails for good; the rest are reported as cancelled",
+    )
+    run.add_argument(
+        "--grace",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="after Ctrl-C, how long running calls may finish before they are cancelled"
+        " (default: 30)",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="call the agents again even where the journal already holds an answer",
+    )
+
+    journal = parser.add_argument_group("journal (resuming)")
+    journal.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="where outcomes are recorded (default: .<canvas name>.journal.sqlite beside it)",
+    )
+    journal.add_argument("--no-journal", action="store_true", help="record nothing, reuse nothing")
+    journal.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse every answer the journal holds for an unchanged note (the default"
+        " unless --force; the flag says so explicitly)",
+    )
+    journal.add_argument(
+        "--max-canvas-mb",
+        type=_positive_seconds,
+        default=50.0,
+        metavar="MB",
+        help="refuse canvases larger than this (default: 50)",
+    )
 
     out = parser.add_argument_group("writing")
     out.add_argument(
@@ -216,6 +300,18 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "timeout": args.timeout,
         "color_map": args.color_map,
         "no_plugins": args.no_plugins,
+        "retries": args.retries,
+        "retry_base": args.retry_base,
+        "retry_cap": args.retry_cap,
+        "rate": args.rate,
+        "agent_rates": ",".join(args.agent_rates or []) or None,
+        "fail_fast": args.fail_fast,
+        "grace": args.grace,
+        "force": args.force,
+        "journal": args.journal,
+        "no_journal": args.no_journal,
+        "resume": args.resume,
+        "max_canvas_mb": args.max_canvas_mb,
     }
 
 
@@ -291,20 +387,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         _check_report(args.report)
-        result = asyncio.run(handler.run(Path(args.canvas_file), _options(args)))
+        result = asyncio.run(_run_with_signals(handler, console, args))
     except CommandInputError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         if args.quiet:
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         display.close()
         where = f"; finished answers saved to {handler.side_file}" if handler.side_file else ""
-        print(f"\nInterrupted: the canvas was not changed{where}.", file=sys.stderr)
+        print(
+            f"\nInterrupted: the canvas was not changed{where}."
+            " Run the same command again to go on: the journal keeps every finished answer.",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     finally:
         display.close()
     return _finish(console, args, result)
+
+
+async def _run_with_signals(
+    handler: IntelligentParallelCommandHandler, console: Console, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Run the handler; the first Ctrl-C stops gently, the second at once."""
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    presses = 0
+
+    def on_interrupt() -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1 and handler.request_stop():
+            console.print(
+                f"[yellow]Stopping: no new calls; running ones get {args.grace:g} s to finish."
+                " Ctrl-C again to stop at once.[/]"
+            )
+        elif main_task is not None:
+            main_task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        installed = True
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - not on this platform
+        installed = False
+    try:
+        return await handler.run(Path(args.canvas_file), _options(args))
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGINT)
 
 
 def _check_report(report: str | None) -> None:
@@ -343,6 +474,9 @@ def _finish(console: Console, args: argparse.Namespace, result: Mapping[str, Any
     if args.json:
         print(json.dumps(result["report"], indent=2, ensure_ascii=False))
     _print_summary(console, result)
+    if result.get("interrupted"):
+        console.print(f"[yellow]{escape(result['message'])}[/]", soft_wrap=True)
+        return EXIT_INTERRUPTED
     return EXIT_OK if result["success"] else EXIT_FAILED
 
 

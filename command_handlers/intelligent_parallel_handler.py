@@ -10,6 +10,7 @@ for a Markdown document holding the whole answer.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -26,13 +27,18 @@ from typing import Any, Callable
 import pluggy
 
 from command_handlers import hookimpl
+from command_handlers.agent_definitions import load_agents
 from command_handlers.canvas import Canvas, CanvasError, Node, color_of, label_of, node_text
 from command_handlers.default_plugins import llm_agents
+from command_handlers.default_plugins.journal import Journal, JournalError
 from command_handlers.default_plugins.model_router import ModelRouter
 from command_handlers.plugins import (
     AsyncTask,
     DependencyCycleError,
     DuplicateAgentError,
+    RateLimit,
+    RetryPolicy,
+    RunPolicy,
     collect_executors,
     get_plugin_manager,
     run_tasks,
@@ -121,18 +127,40 @@ class _Options:
     timeout: float = 600.0
     color_map: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_COLOR_MAP))
     load_plugins: bool = True
+    retries: int = 2
+    retry_base: float = 1.0
+    retry_cap: float = 30.0
+    rate: str | None = None
+    agent_rates: dict[str, str] = field(default_factory=dict)
+    fail_fast: bool = False
+    journal: str | None = None
+    use_journal: bool = True
+    resume: bool = False
+    force: bool = False
+    grace: float = 30.0
+    max_canvas_mb: float = 50.0
 
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None) -> _Options:
         """Check the options dict; raise CommandInputError for anything wrong."""
         opts = dict(options or {})
         parsed = cls()
-        known = {f.name for f in fields(cls)} | {"agents_dir", "no_plugins"}
+        known = {f.name for f in fields(cls)} | {"agents_dir", "no_plugins", "no_journal"}
         unknown = sorted(set(opts) - known)
         if unknown:
             raise CommandInputError(f"unknown option(s): {', '.join(unknown)}")
         parsed.max = _check_max(opts.get("max", 12))
-        for flag in ("auto", "dry_run", "verbose", "follow_edges", "inline", "backup"):
+        for flag in (
+            "auto",
+            "dry_run",
+            "verbose",
+            "follow_edges",
+            "inline",
+            "backup",
+            "fail_fast",
+            "resume",
+            "force",
+        ):
             if flag in opts:
                 setattr(parsed, flag, bool(opts[flag]))
         parsed.load_plugins = not opts.get("no_plugins", False) and opts.get("load_plugins", True)
@@ -163,12 +191,44 @@ class _Options:
                 f"timeout must be a positive number of seconds, got {timeout!r}"
             )
         parsed.timeout = float(timeout)
+        parsed.retries = _whole(opts.get("retries", 2), "retries")
+        parsed.retry_base = _seconds(opts.get("retry_base", 1.0), "retry_base")
+        parsed.retry_cap = _seconds(opts.get("retry_cap", 30.0), "retry_cap")
+        parsed.grace = _seconds(opts.get("grace", 30.0), "grace")
+        parsed.max_canvas_mb = _seconds(opts.get("max_canvas_mb", 50.0), "max_canvas_mb")
+        if opts.get("rate") is not None:
+            parsed.rate = _check_rate(str(opts["rate"]))
+        agent_rates = opts.get("agent_rates") or {}
+        if isinstance(agent_rates, str):
+            agent_rates = dict(pair.partition("=")[::2] for pair in _as_list(agent_rates, "x"))
+        parsed.agent_rates = {
+            str(name).strip(): _check_rate(str(rate)) for name, rate in dict(agent_rates).items()
+        }
+        if opts.get("journal") is not None:
+            parsed.journal = os.fspath(opts["journal"])
+        parsed.use_journal = not opts.get("no_journal", False) and opts.get("use_journal", True)
         color_map = opts.get("color_map")
         if isinstance(color_map, str):
             parsed.color_map = parse_color_map(color_map)
         elif isinstance(color_map, Mapping):
             parsed.color_map = {_check_color(str(k).lower()): str(v) for k, v in color_map.items()}
         return parsed
+
+    def policy(self, stop: asyncio.Event | None) -> RunPolicy:
+        """The engine's policy: timeouts, retries, rates, fail-fast, stop."""
+        return RunPolicy(
+            task_timeout=self.timeout,
+            retry=RetryPolicy(
+                retries=self.retries, base_delay=self.retry_base, max_delay=self.retry_cap
+            )
+            if self.retries
+            else None,
+            rate=self.rate,
+            agent_rates=dict(self.agent_rates),
+            fail_fast=self.fail_fast,
+            stop=stop,
+            stop_grace=self.grace,
+        )
 
     def settings(self) -> Settings:
         """The settings plugins read."""
@@ -179,6 +239,32 @@ class _Options:
             command_timeout=self.timeout,
             color_map=self.color_map,
         )
+
+
+def _whole(value: Any, what: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CommandInputError(f"{what} must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+def _seconds(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not number >= 0:
+        raise CommandInputError(f"{what} must be a number >= 0, got {value!r}")
+    return number
+
+
+def _check_rate(text: str) -> str:
+    try:
+        RateLimit.parse(text)
+    except ValueError as exc:
+        raise CommandInputError(str(exc)) from None
+    return text
 
 
 def _check_max(value: Any) -> int:
@@ -225,8 +311,10 @@ def _task_id(note_id: str, agent: str) -> str:
 class _Answers:
     """A plugin that collects each task's outcome and completes prompts that need answers."""
 
-    def __init__(self, notes: Mapping[str, _Note]) -> None:
+    def __init__(self, notes: Mapping[str, _Note], journal: Journal | None = None) -> None:
         self.notes = notes
+        self.journal = journal
+        self.attempts: dict[str, int] = {}
         self.answers: dict[str, dict[str, Any]] = {}
         self.errors: dict[str, str] = {}
         self.started: dict[str, float] = {}
@@ -245,6 +333,13 @@ class _Answers:
                 if (answer := self.answers.get(_task_id(earlier, agent)))
             ]
             task.node_data["prompt"] = build_prompt(note.text, note.material, prerequisites)
+
+    @hookimpl
+    def on_task_retry(self, task: AsyncTask, attempt: int) -> None:
+        """Count the attempts, for the report and the journal."""
+        self.attempts[task.task_id] = attempt + 1
+        if self.journal is not None:
+            self.journal.record_attempts(task.task_id, attempt + 1)
 
     @hookimpl(tryfirst=True)
     def on_task_progress(self, task_id: str, result: Any, error: str | None) -> None:
@@ -300,6 +395,20 @@ class IntelligentParallelCommandHandler:
         self.confirm = confirm
         #: Where the answers of the last run went when the canvas could not be written.
         self.side_file: Path | None = None
+        self._stop: asyncio.Event | None = None
+
+    def request_stop(self) -> bool:
+        """Start no new agent call; let running ones finish (up to the grace), then write.
+
+        Call it from the event loop running :meth:`run` (a signal handler, say).
+
+        Returns:
+            Whether a run was under way to be stopped.
+        """
+        if self._stop is None or self._stop.is_set():
+            return False
+        self._stop.set()
+        return True
 
     def execute(
         self, canvas_path: str | os.PathLike[str], options: Mapping[str, Any] | None = None
@@ -365,7 +474,7 @@ class IntelligentParallelCommandHandler:
         """
         self.side_file = None
         opts = _Options.parse(options)
-        canvas = _load(canvas_path)
+        canvas = _load(canvas_path, int(opts.max_canvas_mb * 1024 * 1024))
         settings = opts.settings()
         pm = get_plugin_manager(load_entry_points=opts.load_plugins)
         for plugin in self.plugins:  # before the agents are listed: plugins may add some
@@ -459,18 +568,28 @@ class IntelligentParallelCommandHandler:
         settings: Settings,
         base: dict[str, Any],
     ) -> dict[str, Any]:
+        hashes = _InputHashes(settings)
         tasks = [
             AsyncTask(
                 _task_id(note.node_id, agent),
                 agent,
-                {"note_id": note.node_id, "prompt": build_prompt(note.text, note.material)},
+                {
+                    "note_id": note.node_id,
+                    "prompt": build_prompt(note.text, note.material),
+                    "input_hash": hashes.of(note, agent),
+                },
                 dependencies=[_task_id(e, a) for e in note.after for a in notes[e].agents] or None,
             )
             for note in notes.values()
             for agent in note.agents
         ]
-        collector = _Answers(notes)
+        journal = _open_journal(canvas, opts)
+        collector = _Answers(notes, journal)
         pm.register(collector, name="answers")
+        if journal is not None:
+            pm.register(journal, name="journal")
+            journal.expect(tasks)
+        self._stop = asyncio.Event()
         started = time.monotonic()
         try:
             summary = await run_tasks(
@@ -479,6 +598,8 @@ class IntelligentParallelCommandHandler:
                 dependency_aware=opts.follow_edges,
                 max_concurrency=opts.max,
                 settings=settings,
+                policy=opts.policy(self._stop),
+                use_cache=journal is not None and not opts.force,
             )
         except DependencyCycleError as exc:
             raise CommandInputError(
@@ -486,9 +607,40 @@ class IntelligentParallelCommandHandler:
             ) from exc
         except asyncio.CancelledError:
             self.side_file = _save_side_file(canvas, opts, tasks, collector, "interrupted")
+            if journal is not None:
+                journal.record_cancelled()
+                journal.close()
             raise
+        except BaseException:
+            if journal is not None:
+                journal.record_cancelled()
+                journal.close()
+            raise
+        finally:
+            self._stop = None
+        try:
+            return self._write(
+                canvas, notes, opts, tasks, summary, collector, journal, base, started
+            )
+        finally:
+            if journal is not None:
+                journal.close()
+
+    def _write(
+        self,
+        canvas: Canvas,
+        notes: Mapping[str, _Note],
+        opts: _Options,
+        tasks: Sequence[AsyncTask],
+        summary: Mapping[str, Any],
+        collector: _Answers,
+        journal: Journal | None,
+        base: Mapping[str, Any],
+        started: float,
+    ) -> dict[str, Any]:
         elapsed = time.monotonic() - started
-        results = [_task_result(task, collector) for task in tasks]
+        cached = set(summary.get("cached", ()))
+        results = [_task_result(task, collector, task.task_id in cached) for task in tasks]
         target = Path(opts.output) if opts.output else canvas.path
         written: Path | None = None
         backup: Path | None = None
@@ -506,6 +658,14 @@ class IntelligentParallelCommandHandler:
             _write_answers(canvas, notes, results, opts, target.parent)
             backup = canvas.save(target, backup=opts.backup)
             written = target
+            if journal is not None:
+                _mark_written(journal, results, tasks)
+        interrupted = any(c["reason"] == "stopped" for c in summary.get("cancelled_tasks", ()))
+        if interrupted and not message:
+            message = (
+                f"stopped: {summary['cancelled']} notes were not answered;"
+                " run the same command again to answer them (finished answers are kept)"
+            )
         stats = _stats(
             total_nodes=len(notes),
             processed_nodes=len({r["node_id"] for r in results if r["status"] == "success"}),
@@ -513,6 +673,8 @@ class IntelligentParallelCommandHandler:
             created_blue_nodes=sum(1 for r in results if r.get("blue_node_id")),
             errors=summary["failed"] + summary["skipped"],
         )
+        stats["reused_answers"] = len(cached)
+        stats["cancelled"] = summary.get("cancelled", 0)
         report = {
             "session_id": self.session_id,
             "canvas": str(canvas.path),
@@ -521,9 +683,11 @@ class IntelligentParallelCommandHandler:
             "stats": stats,
             "tasks": results,
         }
+        failures = summary["failed"] + summary["skipped"] + summary.get("cancelled", 0)
         return {
             **base,
-            "success": summary["failed"] + summary["skipped"] == 0 and self.side_file is None,
+            "success": failures == 0 and self.side_file is None,
+            "interrupted": interrupted,
             "stats": stats,
             "results": results,
             "summary": {k: v for k, v in summary.items() if k != "results"},
@@ -536,9 +700,64 @@ class IntelligentParallelCommandHandler:
         }
 
 
-def _load(canvas_path: str | os.PathLike[str]) -> Canvas:
+class _InputHashes:
+    """What an answer depends on, hashed: agent, note, material, model, agent definition."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        try:
+            self.definitions = load_agents(settings.agents_dirs)
+        except ValueError:  # reported when the agents were registered
+            self.definitions = {}
+
+    def of(self, note: _Note, agent: str) -> str:
+        definition = self.definitions.get(agent)
+        if self.settings.agent_command:
+            model = shlex.join(self.settings.agent_command)
+        else:
+            model = (definition.model if definition else None) or llm_agents.run_model_id(
+                self.settings
+            )
+        payload = [
+            agent,
+            note.text,
+            [item.text for item in note.material],
+            model,
+            definition.fingerprint if definition else "",
+        ]
+        return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
+
+
+def _open_journal(canvas: Canvas, opts: _Options) -> Journal | None:
+    if not opts.use_journal:
+        return None
+    assert canvas.path is not None
+    path = Path(opts.journal) if opts.journal else Journal.default_path(canvas.path)
     try:
-        return Canvas.load(canvas_path)
+        return Journal(path, canvas=canvas.path)
+    except JournalError as exc:
+        raise CommandInputError(str(exc)) from exc
+
+
+def _mark_written(
+    journal: Journal, results: Sequence[Mapping[str, Any]], tasks: Sequence[AsyncTask]
+) -> None:
+    """Tell the journal which canvas nodes hold which answers."""
+    hashes = {task.task_id: task.node_data["input_hash"] for task in tasks}
+    for result in results:
+        if result.get("blue_node_id"):
+            journal.mark_written(
+                hashes[result["task_id"]],
+                result["node_id"],
+                result["agent"],
+                result["blue_node_id"],
+                result.get("file_node_id"),
+            )
+
+
+def _load(canvas_path: str | os.PathLike[str], max_bytes: int) -> Canvas:
+    try:
+        return Canvas.load(canvas_path, max_bytes=max_bytes)
     except CanvasError as exc:
         raise CommandInputError(str(exc)) from exc
 
@@ -674,13 +893,15 @@ def _stats(**values: int) -> dict[str, int]:
     return stats
 
 
-def _task_result(task: AsyncTask, collector: _Answers) -> dict[str, Any]:
+def _task_result(task: AsyncTask, collector: _Answers, cached: bool) -> dict[str, Any]:
     answer = collector.answers.get(task.task_id)
     error = collector.errors.get(task.task_id)
     if answer is not None:
         status = "success"
     elif error is not None and error.startswith("skipped:"):
         status = "skipped"
+    elif error is not None and error.startswith("cancelled:"):
+        status = "cancelled"
     else:
         status = "failed"
     return {
@@ -689,7 +910,10 @@ def _task_result(task: AsyncTask, collector: _Answers) -> dict[str, Any]:
         "agent": task.agent_name,
         "status": status,
         "duration_seconds": round(collector.durations.get(task.task_id, 0.0), 3),
-        "attempts": 1 if task.task_id in collector.started else 0,
+        "attempts": collector.attempts.get(
+            task.task_id, 1 if task.task_id in collector.started and not cached else 0
+        ),
+        "cached": cached,
         "error": error,
         "answer": answer.get("text") if answer else None,
         "model": answer.get("model") if answer else None,

@@ -353,7 +353,7 @@ def test_a_second_run_does_not_send_earlier_answers(
     assert run_cli(canvas_file, "--agent-command", agent_program.command)[0] == 0
     first = load(canvas_file)
 
-    code, _, err = run_cli(canvas_file, "--agent-command", agent_program.command)
+    code, _, err = run_cli(canvas_file, "--agent-command", agent_program.command, "--force")
 
     assert code == 0, err
     assert len(agent_program.calls()) == 4
@@ -611,6 +611,8 @@ def test_json_report_and_report_file(
         "generated_docs": 2,
         "created_blue_nodes": 2,
         "errors": 0,
+        "reused_answers": 0,
+        "cancelled": 0,
     }
     assert report["written_to"] == str(canvas_file)
     assert {task["node_id"] for task in report["tasks"]} == set(NOTE_IDS)
@@ -931,30 +933,70 @@ def test_ctrl_c_before_any_answer(
     code, _, err = run_cli(canvas_file)
 
     assert code == 130
-    assert err.strip() == "Interrupted: the canvas was not changed."
+    assert err.strip().startswith("Interrupted: the canvas was not changed.")
+    assert "Run the same command again" in err
     assert canvas_file.read_bytes() == original
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
-def test_sigint_to_the_console_script(
-    canvas_file: Path, agent_program: Any, console_argv: list[str]
-) -> None:
+def _start_with_a_slow_note(
+    canvas_file: Path, agent_program: Any, console_argv: list[str], *extra: str
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start the console script on a canvas whose closure note hangs; wait for one answer."""
     data = load(canvas_file)
     by_id(data["nodes"])["note-closure"]["text"] = "PLEASE WAIT: this one is slow."
     canvas_file.write_text(json.dumps(data, indent="\t"), encoding="utf-8")
-    original = canvas_file.read_bytes()
     process = subprocess.Popen(
-        [*console_argv, str(canvas_file), "--agent-command", agent_program.command],
+        [*console_argv, str(canvas_file), "--agent-command", agent_program.command, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:  # the plain progress lines: wait for the first answer
+        seen.append(line)
+        if " ok " in line:
+            break
+    return process, seen
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_one_ctrl_c_stops_gently_and_writes_what_finished(
+    canvas_file: Path, agent_program: Any, console_argv: list[str]
+) -> None:
+    process, seen = _start_with_a_slow_note(
+        canvas_file, agent_program, console_argv, "--grace", "0.3"
+    )
     try:
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:  # pragma: no cover - only when the test already failed
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 130, "".join(seen) + rest
+    assert "Stopping: no new calls" in rest
+    assert "run the same command again" in rest
+    written = load(canvas_file)
+    labels = [e.get("label") for e in written["edges"] if e["fromNode"] == "note-recursion"]
+    assert DEFAULT_AGENT in labels  # the finished answer is in the canvas
+    closure = [e.get("label") for e in written["edges"] if e["fromNode"] == "note-closure"]
+    assert DEFAULT_AGENT not in closure  # the one that never finished got no answer
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_two_ctrl_c_stop_at_once_and_leave_the_canvas_alone(
+    canvas_file: Path, agent_program: Any, console_argv: list[str]
+) -> None:
+    process, seen = _start_with_a_slow_note(canvas_file, agent_program, console_argv)
+    original = canvas_file.read_bytes()
+    try:
+        process.send_signal(signal.SIGINT)
         assert process.stderr is not None
-        seen = []
-        for line in process.stderr:  # the plain progress lines: wait for the first answer
+        for line in process.stderr:  # wait until the first press was heard
             seen.append(line)
-            if " ok " in line:
+            if "Stopping" in line:
                 break
         process.send_signal(signal.SIGINT)
         _, rest = process.communicate(timeout=30)
