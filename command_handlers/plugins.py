@@ -17,6 +17,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import CoroutineType
 from typing import Any, Callable
 
 import pluggy
@@ -392,7 +393,9 @@ class _Listeners:
         for function, plugin in self.impls:
             try:
                 outcome = function(*args)
-                if outcome is not None and inspect.isawaitable(outcome):
+                if outcome is not None and (
+                    type(outcome) is CoroutineType or inspect.isawaitable(outcome)
+                ):
                     await outcome
             except Exception:  # pylint: disable=broad-exception-caught
                 self._log(plugin, args)
@@ -469,26 +472,87 @@ async def run_tasks(
             hit = pm.hook.cached_result(task=task)
             if hit is not None:
                 cached[task.task_id] = dict(hit)
-        if cached:
-            route = _answer_from(cached, route)
-    await _Listeners(pm, "on_run_start").call_async(run)
-    pending = pm.hook.execute_tasks(
-        tasks=task_list,
-        executor=route,
-        dependency_aware=dependency_aware,
-        max_concurrency=max_concurrency,
-        dependency_limit=dependency_limit,
-        agent_limits=registry.limits(),
-        progress_callback=_Listeners(pm, "on_task_progress", progress_callback).callback(),
-        start_callback=_Listeners(pm, "on_task_start").callback(),
-        policy=_plugin_policy(pm, registry, policy),
+    # A cached task that no task still to run depends on never reaches the engine:
+    # it costs no slot and no rate token.
+    needed = (
+        {dep for task in task_list if task.task_id not in cached for dep in task.dependencies or ()}
+        if dependency_aware
+        else set()
     )
-    if pending is None:
-        raise RuntimeError("no plugin implements execute_tasks")
-    summary: dict[str, Any] = dict(await pending)
+    replayed = {task_id for task_id in cached if task_id not in needed}
+    to_run = [task for task in task_list if task.task_id not in replayed]
+    if len(replayed) < len(cached):
+        route = _answer_from(cached, route)
+    progress = _Listeners(pm, "on_task_progress", progress_callback)
+    await _Listeners(pm, "on_run_start").call_async(run)
+    for task in task_list:
+        if task.task_id in replayed:
+            await progress.call_async(task.task_id, cached[task.task_id], None)
+    if to_run or not replayed:  # (an empty task list is the engine's to refuse)
+        pending = pm.hook.execute_tasks(
+            tasks=to_run,
+            executor=route,
+            dependency_aware=dependency_aware,
+            max_concurrency=max_concurrency,
+            dependency_limit=dependency_limit,
+            agent_limits=registry.limits(),
+            progress_callback=progress.callback(),
+            start_callback=_Listeners(pm, "on_task_start").callback(),
+            policy=_plugin_policy(pm, registry, policy),
+        )
+        if pending is None:
+            raise RuntimeError("no plugin implements execute_tasks")
+        summary: dict[str, Any] = dict(await pending)
+    else:
+        summary = _empty_summary()
+    if replayed:
+        summary = _with_replayed(summary, task_list, to_run, cached, replayed)
     summary["cached"] = sorted(cached)
     await _Listeners(pm, "on_run_end").call_async(run, summary)
     return summary
+
+
+def _empty_summary() -> dict[str, Any]:
+    return {
+        "total": 0,
+        "success": 0,
+        "failed": 0,
+        "skipped": 0,
+        "cancelled": 0,
+        "results": [],
+        "errors": [],
+        "skipped_tasks": [],
+        "cancelled_tasks": [],
+    }
+
+
+def _with_replayed(
+    summary: Mapping[str, Any],
+    task_list: list[AsyncTask],
+    ran: list[AsyncTask],
+    cached: Mapping[str, Any],
+    replayed: set[str],
+) -> dict[str, Any]:
+    """Merge the answers replayed from the cache into the summary of the tasks that ran."""
+    unsuccessful = {
+        item["task_id"]
+        for key in ("errors", "skipped_tasks", "cancelled_tasks")
+        for item in summary.get(key, ())
+    }
+    ran_results = iter(summary.get("results", ()))
+    succeeded = {
+        task.task_id: next(ran_results) for task in ran if task.task_id not in unsuccessful
+    }
+    results = [
+        cached[task.task_id] if task.task_id in replayed else succeeded[task.task_id]
+        for task in task_list
+        if task.task_id in replayed or task.task_id in succeeded
+    ]
+    merged = dict(summary)
+    merged["total"] = len(task_list)
+    merged["success"] = len(results)
+    merged["results"] = results
+    return merged
 
 
 def _answer_from(

@@ -192,6 +192,7 @@ def test_tasks_the_run_did_not_list_are_still_counted(clock: Clock) -> None:
             "ok": 1,
             "failed": 1,
             "skipped": 0,
+            "cancelled": 0,
             "mean_duration": 0.0,
             "total_duration": 0.0,
         },
@@ -200,6 +201,7 @@ def test_tasks_the_run_did_not_list_are_still_counted(clock: Clock) -> None:
             "ok": 1,
             "failed": 0,
             "skipped": 0,
+            "cancelled": 0,
             "mean_duration": 1.0,
             "total_duration": 1.0,
         },
@@ -208,6 +210,7 @@ def test_tasks_the_run_did_not_list_are_still_counted(clock: Clock) -> None:
             "ok": 0,
             "failed": 0,
             "skipped": 0,
+            "cancelled": 0,
             "mean_duration": 0.0,
             "total_duration": 0.0,
         },
@@ -242,6 +245,7 @@ def test_stats_and_durations(clock: Clock) -> None:
             "ok": 1,
             "failed": 1,
             "skipped": 0,
+            "cancelled": 0,
             "mean_duration": 1.3,
             "total_duration": 2.6,
         }
@@ -270,6 +274,7 @@ def test_a_new_run_starts_from_zero(clock: Clock) -> None:
             "ok": 0,
             "failed": 0,
             "skipped": 0,
+            "cancelled": 0,
             "mean_duration": 0.0,
             "total_duration": 0.0,
         }
@@ -444,3 +449,22 @@ async def test_a_real_run_through_the_plugin_manager() -> None:
     assert display.stats["progress-echo"]["tasks"] == 3
     assert re.search(r"│ progress-echo\s+│\s+3 │\s+1 │\s+1 │\s+1 │", output(con))
     assert lines[-1].startswith("3 tasks in ")
+
+
+def test_cancelled_tasks_are_kept_apart_from_failures() -> None:
+    con = console()
+    display = ProgressDisplay(con, mode="plain")
+    display.on_run_start(run_info(task("a"), task("b"), task("c")))
+    display.on_task_start(task("a"))
+    display.on_task_progress("a", None, "boom")
+    display.on_task_start(task("b"))
+    display.on_task_progress("b", None, "cancelled: fail-fast: task 'a' failed")
+    display.on_task_progress("c", None, "cancelled: fail-fast: task 'a' failed")
+    display.on_run_end(run_info(task("a"), task("b"), task("c")), summary())
+    text = output(con)
+    assert "cancelled b: fail-fast: task 'a' failed" in text
+    assert "cancelled c: fail-fast" in text
+    assert "1 failed, 0 skipped, 2 cancelled" in text
+    assert "Cancelled" in text
+    stats = next(iter(display.stats.values()))
+    assert (stats["failed"], stats["cancelled"]) == (1, 2)

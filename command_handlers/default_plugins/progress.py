@@ -49,8 +49,9 @@ __all__ = ["MODES", "ProgressDisplay"]
 MODES = ("auto", "bar", "plain", "quiet")
 
 _SKIP_PREFIX = "skipped:"
-_OK, _FAILED, _SKIPPED = range(3)
-_STYLES = ("green", "red", "yellow")
+_CANCEL_PREFIX = "cancelled:"
+_OK, _FAILED, _SKIPPED, _CANCELLED = range(4)
+_STYLES = ("green", "red", "yellow", "yellow")
 _UNKNOWN_AGENT = "?"
 
 
@@ -89,13 +90,14 @@ class _Run(Protocol):
 class _AgentStats:
     """The running counts of one agent."""
 
-    __slots__ = ("failed", "ok", "ran", "seconds", "skipped", "tasks")
+    __slots__ = ("cancelled", "failed", "ok", "ran", "seconds", "skipped", "tasks")
 
     def __init__(self) -> None:
         self.tasks = 0
         self.ok = 0
         self.failed = 0
         self.skipped = 0
+        self.cancelled = 0
         self.ran = 0
         self.seconds = 0.0
 
@@ -106,6 +108,7 @@ class _AgentStats:
             "ok": self.ok,
             "failed": self.failed,
             "skipped": self.skipped,
+            "cancelled": self.cancelled,
             "mean_duration": self.seconds / self.ran if self.ran else 0.0,
             "total_duration": self.seconds,
         }
@@ -114,7 +117,7 @@ class _AgentStats:
 class _Counts:
     """The run's totals, shared with the bar's counts column."""
 
-    __slots__ = ("done", "failed", "ok", "running", "skipped", "total")
+    __slots__ = ("cancelled", "done", "failed", "ok", "running", "skipped", "total")
 
     def __init__(self, total: int = 0) -> None:
         self.total = total
@@ -122,6 +125,7 @@ class _Counts:
         self.ok = 0
         self.failed = 0
         self.skipped = 0
+        self.cancelled = 0
         self.running = 0
 
 
@@ -150,6 +154,8 @@ class _CountsColumn(ProgressColumn):
         text.append(f"  {failed} {counts.failed}", style="red" if counts.failed else "dim")
         if counts.skipped:
             text.append(f"  {skipped} {counts.skipped}", style="yellow")
+        if counts.cancelled:
+            text.append(f"  cancelled {counts.cancelled}", style="yellow")
         text.append(f"  {running} {counts.running}", style="cyan")
         return text
 
@@ -352,6 +358,10 @@ class ProgressDisplay:
             status = _SKIPPED
             stats.skipped += 1
             counts.skipped += 1
+        elif error.startswith(_CANCEL_PREFIX):
+            status = _CANCELLED
+            stats.cancelled += 1
+            counts.cancelled += 1
         else:
             status = _FAILED
             stats.failed += 1
@@ -383,6 +393,8 @@ class ProgressDisplay:
         footer.append(f"{counts.ok} ok", style="green")
         footer.append(f", {counts.failed} failed", style="red" if counts.failed else "")
         footer.append(f", {counts.skipped} skipped", style="yellow" if counts.skipped else "")
+        if counts.cancelled:
+            footer.append(f", {counts.cancelled} cancelled", style="yellow")
         console.print(footer, soft_wrap=True)
 
     # -- the rest ------------------------------------------------------------------
@@ -457,10 +469,13 @@ class ProgressDisplay:
     ) -> Text:
         counts = self._counts
         line = Text(f"[{counts.done:>{self._width}}/{counts.total}] ", style="dim")
-        if status == _SKIPPED:
-            line.append("skipped ", style="yellow")
+        if status in (_SKIPPED, _CANCELLED):
+            word, prefix = (
+                ("skipped", _SKIP_PREFIX) if status == _SKIPPED else ("cancelled", _CANCEL_PREFIX)
+            )
+            line.append(f"{word} ", style="yellow")
             line.append(task_id, style="bold")
-            line.append(f": {_one_line(str(error)[len(_SKIP_PREFIX) :].strip())}")
+            line.append(f": {_one_line(str(error)[len(prefix) :].strip())}")
             return line
         line.append("ok      " if status == _OK else "failed  ", style=_STYLES[status])
         line.append(task_id, style="bold")
@@ -473,16 +488,21 @@ class ProgressDisplay:
     def _table(self) -> Table:
         table = Table(title="Agents", title_justify="left")
         table.add_column("Agent")
-        for heading in ("Tasks", "OK", "Failed", "Skipped", "Mean (s)"):
+        cancelled = self._counts.cancelled > 0
+        headings = ["Tasks", "OK", "Failed", "Skipped"] + (["Cancelled"] if cancelled else [])
+        for heading in [*headings, "Mean (s)"]:
             table.add_column(heading, justify="right")
         for name in sorted(self._agents):
             stats = self._agents[name]
-            table.add_row(
+            cells: list[str | Text] = [
                 name,
                 str(stats.tasks),
                 str(stats.ok),
                 Text(str(stats.failed), style="red" if stats.failed else ""),
                 str(stats.skipped),
-                f"{stats.seconds / stats.ran:.1f}" if stats.ran else "-",
-            )
+            ]
+            if cancelled:
+                cells.append(str(stats.cancelled))
+            cells.append(f"{stats.seconds / stats.ran:.1f}" if stats.ran else "-")
+            table.add_row(*cells)
         return table
