@@ -631,7 +631,7 @@ def save_atomic(
 # --------------------------------------------------------------------------- the model
 
 
-class Canvas:
+class Canvas:  # pylint: disable=too-many-public-methods
     """A JSON Canvas 1.0 document: validated, lossless, and editable by adding.
 
     The canvas keeps the parsed JSON objects themselves: :attr:`data` is the
@@ -639,7 +639,8 @@ class Canvas:
     objects in file order, unknown fields included. Change fields of those
     objects freely (text, colour, position), but not their ids; add nodes and
     edges only through :meth:`add_text_node`, :meth:`add_file_node` and
-    :meth:`add_edge` so the lookups stay right.
+    :meth:`add_edge`, and remove nodes only through :meth:`remove_nodes`, so
+    the lookups stay right.
 
     A canvas read with :meth:`load` remembers its path and the bytes read
     (:attr:`source_digest`), so :meth:`changed_on_disk` can tell whether
@@ -1076,6 +1077,40 @@ class Canvas:
             self._outgoing.setdefault(edge["fromNode"], []).append(edge)
             self._incoming.setdefault(edge["toNode"], []).append(edge)
         return edge
+
+    # ------------------------------------------------------------------ removing
+
+    def remove_nodes(self, nodes: Iterable[NodeRef]) -> list[Edge]:
+        """Remove nodes and every edge that starts or ends at one of them.
+
+        The other nodes and edges keep their order and their fields. The ids
+        removed are never issued again by :meth:`new_id`.
+
+        Args:
+            nodes: The nodes (or their ids) to remove.
+
+        Returns:
+            The edges removed with them, in file order.
+
+        Raises:
+            CanvasError: One of them is not a node of the canvas (nothing is
+                removed then).
+        """
+        doomed = {self._resolve(node)["id"] for node in nodes}
+        if not doomed:
+            return []
+        removed = [e for e in self._edges if e["fromNode"] in doomed or e["toNode"] in doomed]
+        self._nodes[:] = [node for node in self._nodes if node["id"] not in doomed]
+        gone = {id(edge) for edge in removed}
+        self._edges[:] = [edge for edge in self._edges if id(edge) not in gone]
+        for node_id in doomed:
+            del self._by_id[node_id]
+        for edge in removed:
+            self._edge_ids.discard(edge["id"])
+            self._issued.add(edge["id"])
+        self._issued.update(doomed)
+        self._outgoing, self._incoming = None, {}  # rebuilt when next needed
+        return removed
 
     # ------------------------------------------------------------------ writing
 

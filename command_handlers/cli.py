@@ -38,6 +38,10 @@ explanation agent at the same time, and write each answer back beside its note:
 an edge labelled with the agent, a blue card with the first lines of the answer,
 and a Markdown document with the whole answer.
 
+Run it again after adding or editing notes: only the new and the edited notes
+are sent; notes already answered are skipped (--force answers them again), and
+the answers on the canvas are never sent to an agent.
+
 With no --model, the offline "echo" model answers (it repeats the prompt), so
 you can try everything without a key. Use --model with any model the `llm`
 library knows (`llm models`), or --agent-command to run a program instead.
@@ -120,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument(
         "--follow-edges",
         action="store_true",
-        help="an edge A -> B between two notes makes B wait for A and read A's answer",
+        help="an edge A -> B between two notes makes B wait for A and read A's answer"
+        " (an A answered before gives B its latest answer)",
     )
 
     agents = parser.add_argument_group("which agent")
@@ -232,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--force",
         action="store_true",
-        help="call the agents again even where the journal already holds an answer",
+        help="answer every selected note again, even those already answered, and call the"
+        " agents even where the journal holds an answer",
     )
 
     journal = parser.add_argument_group("journal (resuming)")
@@ -264,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--docs-dir",
         metavar="DIR",
         help='folder for the documents (default: "<canvas name> answers")',
+    )
+    out.add_argument(
+        "--replace",
+        action="store_true",
+        help="a note answered again gets its new answer in the place of the latest answer"
+        " by the same agent (the old card goes; its document stays on disk)",
     )
     out.add_argument("--output", metavar="FILE", help="write the canvas here instead of in place")
     out.add_argument(
@@ -308,6 +320,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "fail_fast": args.fail_fast,
         "grace": args.grace,
         "force": args.force,
+        "replace": args.replace,
         "journal": args.journal,
         "no_journal": args.no_journal,
         "resume": args.resume,
@@ -316,36 +329,62 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_plan(console: Console, plan: Mapping[str, Any]) -> None:
-    """Print the plan: per agent, the notes and calls, and a time estimate.
+    """Print the plan: per agent the calls to make and those skipped, and a time estimate.
 
     Args:
         console: Where to print.
         plan: The handler's plan.
     """
+    forced, waiting = bool(plan.get("forced")), bool(plan["follow_edges"])
+    columns = ["to run", "new", "changed"] + ["forced"] * forced + ["skipped"]
+    columns += ["waiting on other notes"] * waiting
     table = Table(title="Plan", title_justify="left")
     table.add_column("agent")
-    table.add_column("notes", justify="right")
-    table.add_column("calls", justify="right")
-    table.add_column("waiting on other notes", justify="right")
+    for column in columns:
+        table.add_column(column, justify="right")
     for agent, entry in plan["agents"].items():
-        table.add_row(
-            agent, str(len(entry["nodes"])), str(entry["calls"]), str(entry["with_prerequisites"])
-        )
+        counts = [entry["calls"], entry["new"], entry["changed"]]
+        counts += [entry["forced"]] * forced + [entry["answered"]]
+        counts += [entry["with_prerequisites"]] * waiting
+        table.add_row(agent, *(str(count) for count in counts))
     console.print(table)
+    groups = f"{plan['new']} new, {plan['changed']} changed since answered"
+    if forced:
+        groups += f", {plan['forced']} answered before, forced"
+    skipped = f"Skipped, already answered: {plan['answered']} {_plural(plan['answered'], 'call')}"
+    if plan["skipped_answered"]:
+        skipped += f" ({plan['skipped_answered']} {_plural(plan['skipped_answered'], 'note')})"
+    console.print(
+        f"To run: {plan['calls']} {_plural(plan['calls'], 'call')} ({groups}). {skipped}.",
+        soft_wrap=True,
+    )
+    if not plan["calls"]:
+        console.print("Nothing to run: every selected note is already answered.")
+        return
     console.print(
         f"{plan['notes']} notes, {plan['calls']} calls, {plan['max_concurrency']} at once:"
         f" about {plan['estimate_seconds']} s at 10 s a call"
-        + (" (following edges)" if plan["follow_edges"] else "")
+        + (" (following edges)" if waiting else "")
     )
+
+
+def _plural(count: int, word: str) -> str:
+    return word if count == 1 else f"{word}s"
 
 
 def _print_summary(console: Console, result: Mapping[str, Any]) -> None:
     stats = result["stats"]
+    asked = stats["total_nodes"] - stats["skipped_answered"]
     console.print(
-        f"[bold]{stats['processed_nodes']}/{stats['total_nodes']} notes answered[/], "
+        f"[bold]{stats['processed_nodes']}/{asked} notes answered[/], "
         f"{stats['generated_docs']} documents, {stats['created_blue_nodes']} blue nodes, "
         f"{stats['errors']} errors in {result.get('elapsed_seconds', 0.0):.1f} s"
     )
+    if stats["skipped_answered"]:
+        count = stats["skipped_answered"]
+        console.print(
+            f"{count} {_plural(count, 'note')} skipped: already answered (--force answers again)"
+        )
     for task in result["results"]:
         if task["status"] != "success":
             console.print(
@@ -413,6 +452,7 @@ async def _run_with_signals(
     """Run the handler; the first Ctrl-C stops gently, the second at once."""
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
+    assert main_task is not None  # a coroutine run by asyncio.run
     presses = 0
 
     def on_interrupt() -> None:
@@ -423,7 +463,7 @@ async def _run_with_signals(
                 f"[yellow]Stopping: no new calls; running ones get {args.grace:g} s to finish."
                 " Ctrl-C again to stop at once.[/]"
             )
-        elif main_task is not None:
+        else:
             main_task.cancel()
 
     try:
@@ -455,7 +495,7 @@ def _finish(console: Console, args: argparse.Namespace, result: Mapping[str, Any
     if "stats" not in result:  # nothing selected
         console.print(f"{result['message']}: nothing to do.")
         return EXIT_OK
-    if result.get("echo"):
+    if result.get("echo") and not result.get("up_to_date"):
         console.print(
             "[yellow]No model configured: answers are echoes of the prompts."
             " Use --model (see `llm models`) for real answers.[/]"
@@ -473,6 +513,9 @@ def _finish(console: Console, args: argparse.Namespace, result: Mapping[str, Any
         )
     if args.json:
         print(json.dumps(result["report"], indent=2, ensure_ascii=False))
+    if result.get("up_to_date"):  # every selected note already answered
+        console.print(result["message"], markup=False, soft_wrap=True)
+        return EXIT_OK
     _print_summary(console, result)
     if result.get("interrupted"):
         console.print(f"[yellow]{escape(result['message'])}[/]", soft_wrap=True)

@@ -503,6 +503,43 @@ def test_add_nodes_and_edges(sample: Canvas) -> None:
     assert again.to_json() == sample.to_json()
 
 
+def test_remove_nodes_takes_their_edges_and_keeps_lookups_right() -> None:
+    data = {
+        "nodes": [text_node("a"), text_node("b"), text_node("c"), text_node("d")],
+        "edges": [edge("ab", "a", "b"), edge("bc", "b", "c"), edge("cd", "c", "d", x=1)],
+        "x-top": True,
+    }
+    canvas = Canvas(data)
+    assert [e["id"] for e in canvas.outgoing("c")] == ["cd"]  # lookups built before
+
+    removed = canvas.remove_nodes(["b", canvas.node("a")])
+
+    assert [e["id"] for e in removed] == ["ab", "bc"]
+    assert [n["id"] for n in data["nodes"]] == ["c", "d"]  # the data itself, in order
+    assert [e["id"] for e in data["edges"]] == ["cd"]
+    assert canvas.get_node("a") is None
+    assert canvas.get_node("b") is None
+    assert canvas.incoming("c") == []
+    assert [e["id"] for e in canvas.outgoing("c")] == ["cd"]
+    assert canvas.remove_nodes([]) == []
+    fresh = canvas.add_text_node("new", 0, 0, 1, 1)
+    canvas.add_edge("c", fresh)
+    assert [e["toNode"] for e in canvas.outgoing("c")] == ["d", fresh["id"]]
+    assert Canvas.from_json(canvas.to_json()).data == data
+    with pytest.raises(CanvasError, match='no node with id "zz"'):
+        canvas.remove_nodes(["c", "zz"])
+    assert canvas.get_node("c") is not None  # nothing removed
+
+
+def test_removed_ids_are_never_issued_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    canvas = Canvas({"nodes": [text_node("0" * 16)], "edges": []})
+    canvas.remove_nodes(["0" * 16])
+    tokens = iter(["0" * 16, "1" * 16])
+    monkeypatch.setattr(canvas_mod.secrets, "token_hex", lambda n: next(tokens))
+
+    assert canvas.new_id() == "1" * 16
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Mapping
@@ -142,6 +143,7 @@ def test_execute_runs_synchronously(canvas: Path) -> None:
         "errors": 0,
         "reused_answers": 0,
         "cancelled": 0,
+        "skipped_answered": 0,
     }
     assert len(result["results"]) == 2
     for task in result["results"]:
@@ -215,6 +217,12 @@ def test_nothing_to_do(tmp_path: Path) -> None:
         ({"agents_dir": "/nonexistent/agents"}, "does not exist"),
         ({"model": "no-such-model-xyz"}, "unknown model 'no-such-model-xyz'"),
         ({"output": "/nonexistent-dir/out.canvas"}, "does not exist"),
+        ({"retries": -1}, "retries must be a whole number >= 0, got -1"),
+        ({"retries": "many"}, "retries must be a whole number"),
+        ({"retry_base": "soon"}, "retry_base must be a number >= 0"),
+        ({"grace": True}, "grace must be a number >= 0"),
+        ({"rate": "fast"}, "fast"),
+        ({"agent_rates": "memory-anchor=often"}, "often"),
     ],
 )
 def test_bad_options_give_a_message(canvas: Path, options: dict[str, Any], message: str) -> None:
@@ -230,6 +238,21 @@ def test_bad_options_give_a_message(canvas: Path, options: dict[str, Any], messa
     assert result["error"] == result["message"]
     assert fake.calls == []
     assert canvas.read_bytes() == original
+
+
+def test_running_options_as_strings(canvas: Path) -> None:
+    result = IntelligentParallelCommandHandler(plugins=[FakeAgents()]).execute(
+        canvas,
+        {
+            "auto": True,
+            "retries": "3",
+            "retry_base": "0.5",
+            "agent_rates": "memory-anchor=5/s, oral-explanation=60/min",
+            "rate": "100/s",
+        },
+    )
+
+    assert result["success"] is True
 
 
 def test_bad_canvas_gives_a_message(tmp_path: Path) -> None:
@@ -376,17 +399,35 @@ def test_answers_are_never_sent_again(canvas: Path) -> None:
         canvas, {"auto": True, "colors": ["6", "5"]}
     )
     card = first["results"][0]["blue_node_id"]
-    fake = FakeAgents()
+    written = canvas.read_bytes()
+    prompts: list[str] = []
 
+    class Spy(FakeAgents):
+        @hookimpl
+        def on_task_start(self, task: Any) -> None:
+            prompts.append(task.node_data["prompt"])
+
+    fake = Spy()
     again = IntelligentParallelCommandHandler(plugins=[fake]).execute(
+        canvas, {"auto": True, "colors": ["6", "5"]}
+    )
+    assert again["success"] is True
+    assert again["stats"]["skipped_answered"] == 2
+    assert fake.calls == []
+    assert canvas.read_bytes() == written
+
+    forced = IntelligentParallelCommandHandler(plugins=[fake]).execute(
         canvas, {"auto": True, "colors": ["6", "5"], "force": True}
     )
     explicit = IntelligentParallelCommandHandler(plugins=[fake]).execute(
-        canvas, {"auto": True, "nodes": [card]}
+        canvas, {"auto": True, "nodes": [card], "force": True}
     )
 
-    assert again["success"] is True
+    assert forced["success"] is True
     assert sorted(fake.calls) == [("n1", "clarification-path"), ("n2", "clarification-path")]
+    assert {task["decision"] for task in forced["results"]} == {"forced"}
+    assert len(prompts) == 2
+    assert not any("Answer of" in prompt for prompt in prompts)
     assert explicit["success"] is False
     assert "an answer this tool wrote" in explicit["message"]
 
@@ -587,3 +628,305 @@ def test_parse_color_map() -> None:
 def test_parse_color_map_rejects(text: str) -> None:
     with pytest.raises(CommandInputError):
         parse_color_map(text)
+
+
+# ----------------------------------------------------------------------------- incremental runs
+
+
+def _edit(path: Path, node_id: str, text: str) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for node in data["nodes"]:
+        if node["id"] == node_id:
+            node["text"] = text
+    path.write_text(json.dumps(data, indent="\t"), encoding="utf-8")
+
+
+def _cards(path: Path, note_id: str, agent: str = "clarification-path") -> list[dict[str, Any]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    nodes = {node["id"]: node for node in data["nodes"]}
+    return [
+        nodes[edge["toNode"]]
+        for edge in data["edges"]
+        if edge["fromNode"] == note_id and edge.get("label") == agent
+    ]
+
+
+@pytest.mark.parametrize("value", [True, 1, "yes"])
+def test_force_and_replace_are_options(canvas: Path, value: Any) -> None:
+    result = IntelligentParallelCommandHandler(plugins=[FakeAgents()]).execute(
+        canvas, {"auto": True, "force": value, "replace": value}
+    )
+
+    assert result["success"] is True
+    assert {task["decision"] for task in result["results"]} == {"new"}
+
+
+def test_a_canvas_already_answered_is_left_alone(canvas: Path) -> None:
+    IntelligentParallelCommandHandler(plugins=[FakeAgents()]).execute(canvas, {"auto": True})
+    written = canvas.read_bytes()
+    fake = FakeAgents()
+
+    def confirm(plan: Mapping[str, Any]) -> bool:
+        raise AssertionError("nothing to confirm")
+
+    result = IntelligentParallelCommandHandler(plugins=[fake], confirm=confirm).execute(canvas)
+
+    assert result["success"] is True
+    assert result["up_to_date"] is True
+    assert fake.calls == []
+    assert canvas.read_bytes() == written
+    assert result["results"] == []
+    assert result["canvas"] is None
+    assert "already answered" in result["message"]
+    assert result["stats"] == {
+        "total_nodes": 2,
+        "processed_nodes": 0,
+        "generated_docs": 0,
+        "created_blue_nodes": 0,
+        "errors": 0,
+        "reused_answers": 0,
+        "cancelled": 0,
+        "skipped_answered": 2,
+    }
+    assert result["plan"]["calls"] == 0
+    assert result["plan"]["answered"] == 2
+    assert result["report"]["stats"] == result["stats"]
+    assert {(s["node_id"], s["reason"]) for s in result["report"]["skipped"]} == {
+        ("n1", "already answered"),
+        ("n2", "already answered"),
+    }
+
+
+def test_the_plan_counts_new_changed_and_answered(canvas: Path) -> None:
+    IntelligentParallelCommandHandler(plugins=[FakeAgents()]).execute(canvas, {"auto": True})
+    _edit(canvas, "n2", "The integral adds up slices.")
+    plans: list[Mapping[str, Any]] = []
+
+    def confirm(plan: Mapping[str, Any]) -> bool:
+        plans.append(plan)
+        return False
+
+    IntelligentParallelCommandHandler(plugins=[FakeAgents()], confirm=confirm).execute(
+        canvas, {"agents": "clarification-path,memory-anchor"}
+    )
+
+    (plan,) = plans
+    assert (plan["calls"], plan["new"], plan["changed"], plan["answered"]) == (3, 2, 1, 1)
+    assert (plan["notes"], plan["selected"], plan["skipped_answered"]) == (2, 2, 0)
+    entry = plan["agents"]["clarification-path"]
+    assert (entry["nodes"], entry["calls"], entry["changed"], entry["answered"]) == (
+        ["n2"],
+        1,
+        1,
+        1,
+    )
+    assert plan["agents"]["memory-anchor"]["nodes"] == ["n1", "n2"]
+
+
+def test_a_partly_answered_note_is_not_skipped(canvas: Path) -> None:
+    IntelligentParallelCommandHandler(plugins=[FakeAgents()]).execute(canvas, {"auto": True})
+    fake = FakeAgents()
+
+    result = IntelligentParallelCommandHandler(plugins=[fake]).execute(
+        canvas, {"auto": True, "agents": ["clarification-path", "oral-explanation"]}
+    )
+
+    assert sorted(fake.calls) == [("n1", "oral-explanation"), ("n2", "oral-explanation")]
+    assert result["stats"]["skipped_answered"] == 0
+    assert result["stats"]["processed_nodes"] == 2
+    assert len(result["skipped"]) == 2  # the pairs, with their agent
+    assert {s["agent"] for s in result["skipped"]} == {"clarification-path"}
+
+
+def test_replace_keeps_the_old_answer_when_the_new_call_fails(canvas: Path) -> None:
+    IntelligentParallelCommandHandler(plugins=[FakeAgents()]).execute(canvas, {"auto": True})
+    (old_n1,) = _cards(canvas, "n1")
+    (old_n2,) = _cards(canvas, "n2")
+    _edit(canvas, "n1", "The slope, edited.")
+    _edit(canvas, "n2", "The integral, edited.")
+
+    result = IntelligentParallelCommandHandler(plugins=[FakeAgents(fail=("n1",))]).execute(
+        canvas, {"auto": True, "replace": True, "inline": True}
+    )
+
+    assert result["success"] is False
+    assert _cards(canvas, "n1") == [old_n1]  # the failed call took nothing away
+    (new_n2,) = _cards(canvas, "n2")
+    assert new_n2["id"] != old_n2["id"]
+    assert [new_n2[k] for k in ("x", "y", "width", "height")] == [
+        old_n2[k] for k in ("x", "y", "width", "height")
+    ]
+    assert "Answer of clarification-path for n2" in new_n2["text"]
+    ids = {node["id"] for node in Canvas.load(canvas).nodes}
+    old_file = next(r for r in result["results"] if r["node_id"] == "n2")["replaced_node_id"]
+    assert old_file == old_n2["id"]
+    assert old_n2["id"] not in ids
+
+
+def test_the_journal_gives_a_building_note_the_whole_earlier_answer(tmp_path: Path) -> None:
+    path = tmp_path / "chain.canvas"
+    data = {
+        "nodes": [_node("a", "First idea.", 0, "6"), _node("b", "Second idea.", 300, "6")],
+        "edges": [{"id": "e1", "fromNode": "a", "toNode": "b"}],
+    }
+    path.write_text(json.dumps(data), encoding="utf-8")
+    long_answer = "\n".join(f"line {n} of the answer" for n in range(1, 9))
+
+    class Long(FakeAgents):
+        def _executor(self, name: str) -> Callable[[Any], Any]:
+            async def answer(task: Any) -> Any:
+                self.calls.append((task.node_data["note_id"], name))
+                return {"text": long_answer}
+
+            return answer
+
+    IntelligentParallelCommandHandler(plugins=[Long()]).execute(path, {"auto": True, "nodes": "a"})
+    prompts: dict[str, str] = {}
+
+    class Spy(FakeAgents):
+        @hookimpl(trylast=True)
+        def on_task_start(self, task: Any) -> None:
+            prompts[task.node_data["note_id"]] = task.node_data["prompt"]
+
+    spy = Spy()
+    result = IntelligentParallelCommandHandler(plugins=[spy]).execute(
+        path, {"auto": True, "follow_edges": True}
+    )
+
+    assert result["success"] is True
+    assert spy.calls == [("b", "clarification-path")]
+    assert result["plan"]["agents"]["clarification-path"]["with_prerequisites"] == 1
+    prerequisites = prompts["b"].split("## Prerequisite answers\n", 1)[1]
+    assert long_answer in prerequisites  # the journal's copy: all eight lines
+
+
+def test_without_a_journal_a_building_note_reads_the_card(tmp_path: Path) -> None:
+    path = tmp_path / "chain.canvas"
+    data = {
+        "nodes": [_node("a", "First idea.", 0, "6"), _node("b", "Second idea.", 300, "6")],
+        "edges": [{"id": "e1", "fromNode": "a", "toNode": "b"}],
+    }
+    path.write_text(json.dumps(data), encoding="utf-8")
+    options = {"auto": True, "no_journal": True, "agent": "oral-explanation"}
+    IntelligentParallelCommandHandler(plugins=[FakeAgents()]).execute(
+        path, {**options, "nodes": ["a"]}
+    )
+    prompts: dict[str, str] = {}
+
+    class Spy(FakeAgents):
+        @hookimpl(trylast=True)
+        def on_task_start(self, task: Any) -> None:
+            prompts[task.node_data["note_id"]] = task.node_data["prompt"]
+
+    spy = Spy()
+    IntelligentParallelCommandHandler(plugins=[spy]).execute(
+        path, {**options, "follow_edges": True}
+    )
+
+    assert spy.calls == [("b", "oral-explanation")]
+    assert not (tmp_path / ".chain.canvas.journal.sqlite").exists()
+    prerequisites = prompts["b"].split("## Prerequisite answers\n", 1)[1]
+    assert prerequisites.startswith("### oral-explanation on: ")
+    assert "Answer of oral-explanation for a\nsecond line" in prerequisites
+    assert "**oral-explanation**" not in prerequisites  # the card's header is dropped
+
+
+def test_a_broken_journal_is_bad_input(canvas: Path) -> None:
+    (canvas.parent / ".study.canvas.journal.sqlite").write_bytes(b"not a database, " * 100)
+    fake = FakeAgents()
+
+    result = IntelligentParallelCommandHandler(plugins=[fake]).execute(canvas, {"auto": True})
+
+    assert result["success"] is False
+    assert "journal" in result["message"]
+    assert fake.calls == []
+
+
+def test_a_dry_run_creates_no_journal(canvas: Path) -> None:
+    result = IntelligentParallelCommandHandler(plugins=[FakeAgents()]).execute(
+        canvas, {"dry_run": True, "journal": canvas.parent / "elsewhere.sqlite"}
+    )
+
+    assert result["plan"]["new"] == 2
+    assert sorted(p.name for p in canvas.parent.iterdir()) == ["study.canvas"]
+
+
+# ----------------------------------------------------------------------------- odd corners
+
+
+def test_request_stop_without_a_run() -> None:
+    assert IntelligentParallelCommandHandler().request_stop() is False
+
+
+def test_a_retry_without_a_journal_is_counted(canvas: Path) -> None:
+    class Flaky(FakeAgents):
+        def _executor(self, name: str) -> Callable[[Any], Any]:
+            async def answer(task: Any) -> Any:
+                self.calls.append((task.node_data["note_id"], name))
+                if len(self.calls) == 1:
+                    raise ConnectionError("dropped")
+                return {"text": "fine"}
+
+            return answer
+
+    result = IntelligentParallelCommandHandler(plugins=[Flaky()]).execute(
+        canvas, {"auto": True, "no_journal": True, "retry_base": 0, "max": 1}
+    )
+
+    assert result["success"] is True
+    assert sorted(task["attempts"] for task in result["results"]) == [1, 2]
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_an_unexpected_error_closes_the_journal(
+    canvas: Path, monkeypatch: pytest.MonkeyPatch, journal: bool
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the engine broke")
+
+    monkeypatch.setattr(handler_module, "run_tasks", broken)
+    original = canvas.read_bytes()
+
+    with pytest.raises(RuntimeError, match="the engine broke"):
+        IntelligentParallelCommandHandler().execute(canvas, {"auto": True, "use_journal": journal})
+
+    assert canvas.read_bytes() == original
+    assert (canvas.parent / ".study.canvas.journal.sqlite").exists() is journal
+
+
+def test_input_hashes_without_agent_definitions(
+    canvas: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_definitions(*args: Any) -> Any:
+        raise ValueError("unreadable agents")
+
+    monkeypatch.setattr(handler_module, "load_agents", no_definitions)
+
+    result = IntelligentParallelCommandHandler(plugins=[FakeAgents()]).execute(
+        canvas, {"auto": True}
+    )
+
+    assert result["success"] is True
+
+
+async def test_an_interrupted_run_without_a_journal(canvas: Path) -> None:
+    started = asyncio.Event()
+
+    class Hanging(FakeAgents):
+        def _executor(self, name: str) -> Callable[[Any], Any]:
+            async def answer(task: Any) -> Any:
+                started.set()
+                await asyncio.sleep(30)
+
+            return answer
+
+    handler = IntelligentParallelCommandHandler(plugins=[Hanging()])
+    run = asyncio.ensure_future(handler.run(canvas, {"auto": True, "no_journal": True}))
+    await asyncio.wait_for(started.wait(), 10)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    assert handler.side_file is not None
+    assert json.loads(handler.side_file.read_text(encoding="utf-8"))["answers"] == []
+    assert not (canvas.parent / ".study.canvas.journal.sqlite").exists()

@@ -387,6 +387,41 @@ def test_mark_written_and_answers_for(journal: Journal, clock: Clock) -> None:
     assert journal.answers_for("n2", "oral") == []
 
 
+def test_written_answers_lists_every_written_answer_with_its_text(
+    journal: Journal, clock: Clock
+) -> None:
+    succeed(journal, task("t1", "n1", input_hash="h1"), "v1")
+    succeed(journal, task("t2", "n2", agent="clarify", input_hash="h2"), "v2")
+    item = task("t3", "n3", input_hash="h3")
+    journal.on_task_start(item)
+    journal.on_task_progress("t3", "a bare string", None)
+    succeed(journal, task("t4", "n4", input_hash="h4"), "never written")
+    journal.mark_written("h2", "n2", "clarify", "card-2", "file-2")
+    journal.mark_written("h1", "n1", "oral", "card-1", None)
+    journal.mark_written("h3", "n3", "oral", "card-3", None)
+
+    answers = journal.written_answers()
+
+    assert [(a.note_id, a.agent, a.answer_node_id, a.file_node_id, a.text) for a in answers] == [
+        ("n2", "clarify", "card-2", "file-2", "v2"),
+        ("n1", "oral", "card-1", None, "v1"),
+        ("n3", "oral", "card-3", None, "a bare string"),
+    ]
+    assert [a.input_hash for a in answers] == ["h2", "h1", "h3"]
+    assert journal.answers_for("n1", "oral") == [answers[1]]
+
+
+def test_a_written_answer_without_text(journal: Journal) -> None:
+    item = task("t1", "n1", input_hash="h1")
+    journal.on_task_start(item)
+    journal.on_task_progress("t1", {"model": "m"}, None)
+    journal.mark_written("h1", "n1", "oral", "card", None)
+
+    (written,) = journal.written_answers()
+
+    assert written.text is None
+
+
 def test_mark_written_marks_the_newest_success_of_the_note(journal: Journal) -> None:
     item = task("t1", "n1", input_hash="h1")
     succeed(journal, item, "old")

@@ -216,3 +216,43 @@ def test_the_routing_agent_is_never_a_note_agent(tmp_path: Path) -> None:
 
     assert result["success"] is False
     assert f"unknown agent {ModelRouter.AGENT!r}" in result["message"]
+
+
+def test_a_note_already_answered_keeps_its_agents(tmp_path: Path) -> None:
+    path = _canvas(tmp_path)
+    fake = FakeRouter({"alpha": {"text": "memory-anchor"}, "Beta": {"text": "comparison-table"}})
+    first = IntelligentParallelCommandHandler(plugins=[fake]).execute(
+        path, {"auto": True, "route": "model"}
+    )
+    assert {t["node_id"]: t["agent"] for t in first["results"]} == {
+        "n1": "memory-anchor",
+        "n2": "comparison-table",
+    }
+    written = path.read_bytes()
+    # The model would now choose otherwise: an answered note is not routed again.
+    fake.answers = {"alpha": {"text": "oral-explanation"}}
+    fake.questions.clear()
+
+    again = IntelligentParallelCommandHandler(plugins=[fake]).execute(
+        path, {"auto": True, "route": "model", "colors": "6,1"}
+    )
+
+    assert again["success"] is True
+    assert len(fake.questions) == 1  # only the new red note n3 is routed
+    assert {t["node_id"] for t in again["results"]} == {"n3"}
+    assert again["stats"]["skipped_answered"] == 2
+    assert len(path.read_bytes()) > len(written)
+
+    done = IntelligentParallelCommandHandler(plugins=[fake]).execute(
+        path, {"auto": True, "route": "model", "colors": "6,1"}
+    )
+
+    assert done["up_to_date"] is True
+    assert len(fake.questions) == 1  # every note kept its agents: nothing to route
+
+    forced = IntelligentParallelCommandHandler(plugins=[fake]).execute(
+        path, {"auto": True, "route": "model", "force": True, "dry_run": True}
+    )
+
+    assert len(fake.questions) == 3  # --force routes every note again
+    assert forced["plan"]["agents"]["oral-explanation"]["nodes"] == ["n1"]

@@ -43,6 +43,7 @@ SCHEMA_VERSION = 1
 STATUSES = ("success", "failed", "skipped", "cancelled")
 
 _SKIP_PREFIX = "skipped:"
+_CANCEL_PREFIX = "cancelled:"
 _CANCELLED = "cancelled: the run was interrupted before the task finished"
 _UNKNOWN: tuple[str | None, str | None, str | None] = (None, None, None)
 
@@ -81,6 +82,7 @@ _COLUMNS = (
     "id, run_id, task_id, note_id, agent, input_hash, status, result, error, attempts,"
     " started_at, finished_at, answer_node_id, file_node_id, written_at"
 )
+_ANSWER_COLUMNS = "answer_node_id, file_node_id, input_hash, written_at, note_id, agent, result"
 _INSERT = (
     "INSERT INTO outcomes (run_id, task_id, note_id, agent, input_hash, status, result, error,"
     " attempts, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -172,12 +174,19 @@ class Answer:
         file_node_id: The canvas file node of the answer, if any.
         input_hash: The fingerprint of the input it answered.
         written_at: When it was written (Unix time).
+        note_id: The note it answers.
+        agent: The agent that wrote it.
+        text: The answer's text, from the stored result (``None`` when the
+            result held none).
     """
 
     answer_node_id: str
     file_node_id: str | None
     input_hash: str | None
     written_at: float
+    note_id: str | None = None
+    agent: str | None = None
+    text: str | None = None
 
 
 def _text(value: Any) -> str | None:
@@ -193,7 +202,26 @@ def _identity(task: _Task) -> tuple[str | None, str | None, str | None]:
 def _status(error: str | None) -> str:
     if error is None:
         return "success"
-    return "skipped" if error.startswith(_SKIP_PREFIX) else "failed"
+    if error.startswith(_SKIP_PREFIX):
+        return "skipped"
+    # The engine reports tasks cancelled by fail-fast or a stop as "cancelled: <why>".
+    return "cancelled" if error.startswith(_CANCEL_PREFIX) else "failed"
+
+
+def _answer(row: Any) -> Answer:
+    """Build an :class:`Answer` from a row of :data:`_ANSWER_COLUMNS`."""
+    answer_node_id, file_node_id, input_hash, written_at, note_id, agent, stored = row
+    result = json.loads(stored or "null")
+    text = result.get("text") if isinstance(result, dict) else result
+    return Answer(
+        answer_node_id,
+        file_node_id,
+        input_hash,
+        written_at,
+        note_id,
+        agent,
+        text if isinstance(text, str) else None,
+    )
 
 
 def _outcome(row: Any) -> Outcome:
@@ -323,7 +351,8 @@ class Journal:
         """Commit the task's outcome: one row, in its own transaction.
 
         The status is ``"success"`` when ``error`` is ``None``, ``"skipped"`` when
-        it starts with ``"skipped:"``, else ``"failed"``. The result is kept (as
+        it starts with ``"skipped:"``, ``"cancelled"`` when it starts with
+        ``"cancelled:"`` (fail-fast or a stop), else ``"failed"``. The result is kept (as
         JSON; what JSON cannot hold as its text) on success only.
 
         Args:
@@ -496,12 +525,28 @@ class Journal:
             The answers.
         """
         rows = self._conn.execute(
-            "SELECT answer_node_id, file_node_id, input_hash, written_at FROM outcomes"
+            f"SELECT {_ANSWER_COLUMNS} FROM outcomes"
             " WHERE note_id = ? AND agent = ? AND written_at IS NOT NULL"
             " ORDER BY written_at DESC, id DESC",
             (note_id, agent),
         ).fetchall()
-        return [Answer(*row) for row in rows]
+        return [_answer(row) for row in rows]
+
+    def written_answers(self) -> list[Answer]:
+        """Return every answer written into a canvas, oldest first.
+
+        One query for all notes and agents: what a run reads to recognise the
+        answers already on its canvas.
+
+        Returns:
+            The answers, with their note, agent and text.
+        """
+        rows = self._conn.execute(
+            f"SELECT {_ANSWER_COLUMNS} FROM outcomes"
+            " WHERE written_at IS NOT NULL AND answer_node_id IS NOT NULL"
+            " ORDER BY written_at, id"
+        ).fetchall()
+        return [_answer(row) for row in rows]
 
     def unwritten_successes(self) -> list[Outcome]:
         """Return the answers paid for but never written into a canvas.

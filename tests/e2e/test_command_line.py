@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -352,7 +353,20 @@ def test_a_second_run_does_not_send_earlier_answers(
 ) -> None:
     assert run_cli(canvas_file, "--agent-command", agent_program.command)[0] == 0
     first = load(canvas_file)
+    written = raw(canvas_file)
 
+    # Nothing new: nothing is sent, nothing is written.
+    code, _, err = run_cli(canvas_file, "--agent-command", agent_program.command, "--color", "5")
+    assert code == 0, err
+    assert "already answered" not in err  # the blue answers are never selected as notes
+    assert "No yellow nodes found" in err
+    code, _, err = run_cli(canvas_file, "--agent-command", agent_program.command)
+    assert code == 0, err
+    assert "every selected note is already answered" in err
+    assert raw(canvas_file) == written
+    assert len(agent_program.calls()) == 2
+
+    # Asked again: the notes go out again, without the answers linked to them.
     code, _, err = run_cli(canvas_file, "--agent-command", agent_program.command, "--force")
 
     assert code == 0, err
@@ -613,6 +627,7 @@ def test_json_report_and_report_file(
         "errors": 0,
         "reused_answers": 0,
         "cancelled": 0,
+        "skipped_answered": 0,
     }
     assert report["written_to"] == str(canvas_file)
     assert {task["node_id"] for task in report["tasks"]} == set(NOTE_IDS)
@@ -753,6 +768,8 @@ BAD_CANVASES: dict[str, Any] = {
         ("concurrency x", ["{canvas}", "--max-concurrency", "x"], "whole number"),
         ("timeout 0", ["{canvas}", "--timeout", "0"], "must be positive"),
         ("timeout x", ["{canvas}", "--timeout", "x"], "number of seconds"),
+        ("retries x", ["{canvas}", "--retries", "x"], "must be a whole number, got 'x'"),
+        ("retries -1", ["{canvas}", "--retries=-1"], "must be 0 or more, got -1"),
         (
             "unwritable output",
             ["{canvas}", "--output", "/nonexistent-dir/x.canvas"],
@@ -917,6 +934,44 @@ def test_ctrl_c_in_process(
     (side,) = canvas_file.parent.glob("notes.canvas.answers-*.json")
     (answer,) = json.loads(side.read_text(encoding="utf-8"))["answers"]
     assert answer["node_id"] == "note-recursion"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to the test process")
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_in_process_through_the_signal_handler(
+    run_cli: Run, canvas_file: Path, monkeypatch: pytest.MonkeyPatch, presses: int
+) -> None:
+    """The CLI's own SIGINT handler: once stops gently and writes, twice stops at once."""
+    original = canvas_file.read_bytes()
+
+    class InterruptingDisplay(ProgressDisplay):
+        @hookimpl
+        def register_executors(self, register: Callable[..., None]) -> None:
+            register(DEFAULT_AGENT, self.answer, override=True)
+
+        async def answer(self, task: Any) -> dict[str, str]:
+            if "closure" in task.node_data["prompt"]:
+                await asyncio.sleep(0.2)  # let the other answer finish first
+                for _ in range(presses):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(30)
+            return {"text": f"answer for {task.task_id}"}
+
+    monkeypatch.setattr(cli, "ProgressDisplay", InterruptingDisplay)
+
+    code, _, err = run_cli(canvas_file, "--grace", "0.2")
+
+    assert code == 130
+    assert "Stopping: no new calls" in err
+    written = load(canvas_file)
+    labels = [e.get("label") for e in written["edges"] if e["fromNode"] == "note-recursion"]
+    if presses == 1:
+        assert "run the same command again" in err
+        assert DEFAULT_AGENT in labels  # the finished answer is written
+    else:
+        assert "Interrupted: the canvas was not changed" in err
+        assert canvas_file.read_bytes() == original
 
 
 def test_ctrl_c_before_any_answer(

@@ -1,0 +1,252 @@
+"""The options of the ``/intelligent-parallel`` command, checked.
+
+:class:`Options` turns the handler's ``options`` dict (the origin's keys and
+one per command-line option, ``docs/cli.md``) into checked values, and raises
+:class:`CommandInputError` for anything wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from command_handlers.plugins import RateLimit, RetryPolicy, RunPolicy
+from command_handlers.settings import DEFAULT_COLOR_MAP, Settings
+
+__all__ = ["CommandInputError", "Options", "parse_color_map"]
+
+_HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+class CommandInputError(ValueError):
+    """Bad input: an unreadable canvas, an unknown agent or node, a bad option."""
+
+
+def parse_color_map(text: str) -> dict[str, str]:
+    """Parse ``6=clarification-path,1=oral-explanation`` into a dict.
+
+    Args:
+        text: Comma-separated ``colour=agent`` pairs.
+
+    Returns:
+        Colour -> agent name.
+
+    Raises:
+        CommandInputError: A pair is malformed or a colour is not "1"-"6"/"#rrggbb".
+    """
+    mapping: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        color, sep, agent = pair.partition("=")
+        color, agent = color.strip().lower(), agent.strip()
+        if not sep or not agent:
+            raise CommandInputError(f"color map entry {pair!r} is not COLOR=AGENT")
+        mapping[_check_color(color)] = agent
+    if not mapping:
+        raise CommandInputError("the color map is empty")
+    return mapping
+
+
+def _check_color(color: str) -> str:
+    if color in {"1", "2", "3", "4", "5", "6"} or _HEX_COLOR.match(color):
+        return color.lower()
+    raise CommandInputError(f"color {color!r} is not 1-6 or #rrggbb")
+
+
+def _as_list(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, Iterable):
+        return [str(item).strip() for item in value if str(item).strip()]
+    raise CommandInputError(f"{what} must be a list or a comma-separated string")
+
+
+@dataclass
+class Options:
+    """The handler's options, checked."""
+
+    max: int = 12
+    auto: bool = False
+    dry_run: bool = False
+    nodes: list[str] = field(default_factory=list)
+    verbose: bool = False
+    colors: list[str] = field(default_factory=list)
+    agent: str | None = None
+    agents: list[str] = field(default_factory=list)
+    route: str = "map"
+    follow_edges: bool = False
+    inline: bool = False
+    docs_dir: str | None = None
+    backup: bool = True
+    output: str | None = None
+    model: str | None = None
+    agents_dirs: list[str] = field(default_factory=list)
+    agent_command: list[str] | None = None
+    timeout: float = 600.0
+    color_map: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_COLOR_MAP))
+    load_plugins: bool = True
+    retries: int = 2
+    retry_base: float = 1.0
+    retry_cap: float = 30.0
+    rate: str | None = None
+    agent_rates: dict[str, str] = field(default_factory=dict)
+    fail_fast: bool = False
+    journal: str | None = None
+    use_journal: bool = True
+    resume: bool = False
+    force: bool = False
+    replace: bool = False
+    grace: float = 30.0
+    max_canvas_mb: float = 50.0
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any] | None) -> Options:
+        """Check the options dict; raise CommandInputError for anything wrong."""
+        opts = dict(options or {})
+        parsed = cls()
+        known = {f.name for f in fields(cls)} | {"agents_dir", "no_plugins", "no_journal"}
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise CommandInputError(f"unknown option(s): {', '.join(unknown)}")
+        parsed.max = _check_max(opts.get("max", 12))
+        for flag in (
+            "auto",
+            "dry_run",
+            "verbose",
+            "follow_edges",
+            "inline",
+            "backup",
+            "fail_fast",
+            "resume",
+            "force",
+            "replace",
+        ):
+            if flag in opts:
+                setattr(parsed, flag, bool(opts[flag]))
+        _parse_selection(parsed, opts)
+        _parse_running(parsed, opts)
+        return parsed
+
+    def policy(self, stop: asyncio.Event | None) -> RunPolicy:
+        """The engine's policy: timeouts, retries, rates, fail-fast, stop."""
+        return RunPolicy(
+            task_timeout=self.timeout,
+            retry=RetryPolicy(
+                retries=self.retries, base_delay=self.retry_base, max_delay=self.retry_cap
+            )
+            if self.retries
+            else None,
+            rate=self.rate,
+            agent_rates=dict(self.agent_rates),
+            fail_fast=self.fail_fast,
+            stop=stop,
+            stop_grace=self.grace,
+        )
+
+    def settings(self) -> Settings:
+        """The settings plugins read."""
+        return Settings(
+            model=self.model,
+            agents_dirs=tuple(Path(d) for d in self.agents_dirs),
+            agent_command=tuple(self.agent_command) if self.agent_command else None,
+            command_timeout=self.timeout,
+            color_map=self.color_map,
+        )
+
+
+def _parse_selection(parsed: Options, opts: Mapping[str, Any]) -> None:
+    """Which notes, which agents: check and set the options that choose them."""
+    parsed.load_plugins = not opts.get("no_plugins", False) and opts.get("load_plugins", True)
+    parsed.nodes = _as_list(opts.get("nodes"), "nodes")
+    parsed.colors = [_check_color(c.lower()) for c in _as_list(opts.get("colors"), "colors")]
+    parsed.agents = _as_list(opts.get("agents"), "agents")
+    parsed.agent = opts.get("agent") or None
+    if parsed.agent and parsed.agents:
+        raise CommandInputError("give either an agent or a list of agents, not both")
+    parsed.route = str(opts.get("route", "map"))
+    if parsed.route not in {"map", "model"}:
+        raise CommandInputError(f"route must be 'map' or 'model', got {parsed.route!r}")
+    for key in ("docs_dir", "output", "model"):
+        if opts.get(key) is not None:
+            setattr(parsed, key, str(opts[key]))
+    dirs = opts.get("agents_dirs", opts.get("agents_dir"))
+    if isinstance(dirs, (str, os.PathLike)):
+        dirs = [dirs]
+    parsed.agents_dirs = [os.fspath(d) for d in dirs or []]
+    command = opts.get("agent_command")
+    if command:
+        parsed.agent_command = shlex.split(command) if isinstance(command, str) else list(command)
+    color_map = opts.get("color_map")
+    if isinstance(color_map, str):
+        parsed.color_map = parse_color_map(color_map)
+    elif isinstance(color_map, Mapping):
+        parsed.color_map = {_check_color(str(k).lower()): str(v) for k, v in color_map.items()}
+
+
+def _parse_running(parsed: Options, opts: Mapping[str, Any]) -> None:
+    """How the agents run: check and set timeouts, retries, rates and the journal."""
+    timeout = opts.get("timeout", 600.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise CommandInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    parsed.timeout = float(timeout)
+    parsed.retries = _whole(opts.get("retries", 2), "retries")
+    parsed.retry_base = _seconds(opts.get("retry_base", 1.0), "retry_base")
+    parsed.retry_cap = _seconds(opts.get("retry_cap", 30.0), "retry_cap")
+    parsed.grace = _seconds(opts.get("grace", 30.0), "grace")
+    parsed.max_canvas_mb = _seconds(opts.get("max_canvas_mb", 50.0), "max_canvas_mb")
+    if opts.get("rate") is not None:
+        parsed.rate = _check_rate(str(opts["rate"]))
+    agent_rates = opts.get("agent_rates") or {}
+    if isinstance(agent_rates, str):
+        agent_rates = dict(pair.partition("=")[::2] for pair in _as_list(agent_rates, "x"))
+    parsed.agent_rates = {
+        str(name).strip(): _check_rate(str(rate)) for name, rate in dict(agent_rates).items()
+    }
+    if opts.get("journal") is not None:
+        parsed.journal = os.fspath(opts["journal"])
+    parsed.use_journal = not opts.get("no_journal", False) and opts.get("use_journal", True)
+
+
+def _whole(value: Any, what: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CommandInputError(f"{what} must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+def _seconds(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not number >= 0:
+        raise CommandInputError(f"{what} must be a number >= 0, got {value!r}")
+    return number
+
+
+def _check_rate(text: str) -> str:
+    try:
+        RateLimit.parse(text)
+    except ValueError as exc:
+        raise CommandInputError(str(exc)) from None
+    return text
+
+
+def _check_max(value: Any) -> int:
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CommandInputError(
+            f"max concurrency must be a whole number from 1 to 20, got {value!r}"
+        )
+    if not 1 <= value <= 20:
+        raise CommandInputError(f"max concurrency must be between 1 and 20, got {value}")
+    return int(value)

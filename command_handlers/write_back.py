@@ -1,0 +1,220 @@
+"""Write answers back: the documents first, then the cards and edges on the canvas.
+
+The origin's three-layer layout: the note -> an edge labelled with the agent ->
+a blue card (agent, time, the first lines of the answer) -> an edge -> a file
+node for a Markdown document holding the whole answer. ``inline`` puts the
+whole answer in the card and writes no document. ``replacing`` puts a new
+answer in the place of an old one (same position and size), removing the old
+card, its file node and their edges; the old document stays on disk.
+
+When the canvas cannot be written, :func:`save_side_file` keeps the answers in
+a JSON file beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from command_handlers.answered import ANSWER_COLOR, KnownAnswer
+from command_handlers.canvas import Canvas, Node
+
+__all__ = [
+    "CARD_SIZE",
+    "FILE_SIZE",
+    "INLINE_WIDTH",
+    "PREVIEW_LINES",
+    "Layout",
+    "docs_folder",
+    "save_side_file",
+    "write_answers",
+]
+
+CARD_SIZE = (250, 150)
+FILE_SIZE = (250, 150)
+INLINE_WIDTH = 420
+PREVIEW_LINES = 4
+
+_Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How answers are written.
+
+    Attributes:
+        base: The folder of the canvas being written; document paths in the
+            canvas are relative to it.
+        folder: Where the documents go.
+        inline: The whole answer goes in the card; no document.
+    """
+
+    base: Path
+    folder: Path
+    inline: bool = False
+
+
+def docs_folder(canvas_path: Path, docs_dir: str | None, base: Path) -> Path:
+    """Return the documents' folder: ``docs_dir`` (relative to ``base``) or ``<canvas> answers``.
+
+    Args:
+        canvas_path: The canvas read.
+        docs_dir: The ``--docs-dir`` option, if given.
+        base: The folder of the canvas being written.
+
+    Returns:
+        The folder.
+    """
+    if docs_dir:
+        folder = Path(docs_dir)
+        return folder if folder.is_absolute() else base / folder
+    return base / f"{canvas_path.stem} answers"
+
+
+def _slug(text: str, limit: int = 48) -> str:
+    slug = re.sub(r"[^\w]+", "-", text.lower(), flags=re.UNICODE).strip("-")
+    return slug[:limit].strip("-") or "note"
+
+
+def _fresh_path(folder: Path, stem: str, suffix: str) -> Path:
+    candidate = folder / f"{stem}{suffix}"
+    number = 2
+    while candidate.exists():
+        candidate = folder / f"{stem}-{number}{suffix}"
+        number += 1
+    return candidate
+
+
+def _preview(text: str, lines: int = PREVIEW_LINES) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()][:lines]
+    return "\n".join(kept)
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def _box(node: Node) -> _Box:
+    return (node["x"], node["y"], node["width"], node["height"])
+
+
+def _clear_places(
+    canvas: Canvas,
+    results: Sequence[Mapping[str, Any]],
+    replacing: Mapping[str, KnownAnswer],
+) -> dict[str, tuple[_Box, _Box | None, str]]:
+    """Remove the answers being replaced; return task id -> (card box, file box, old card id).
+
+    Only answers whose task succeeded are removed: a failed call keeps the old answer.
+    """
+    places: dict[str, tuple[_Box, _Box | None, str]] = {}
+    doomed: list[str] = []
+    for result in results:
+        old = replacing.get(result["task_id"])
+        if result["status"] != "success" or old is None:
+            continue
+        card = canvas.node(old.card_id)
+        file_node = canvas.get_node(old.file_id) if old.file_id else None
+        places[result["task_id"]] = (
+            _box(card),
+            _box(file_node) if file_node is not None else None,
+            old.card_id,
+        )
+        doomed.append(old.card_id)
+        if file_node is not None:
+            doomed.append(old.file_id or "")
+    canvas.remove_nodes(doomed)
+    return places
+
+
+def write_answers(
+    canvas: Canvas,
+    results: Sequence[dict[str, Any]],
+    topics: Mapping[str, str],
+    layout: Layout,
+    replacing: Mapping[str, KnownAnswer] | None = None,
+) -> None:
+    """Write the documents, then add the answer cards and edges to the canvas.
+
+    Each successful result (``task_id``, ``node_id``, ``agent``, ``answer``)
+    gains ``document`` (its path relative to ``layout.base``), ``blue_node_id``,
+    ``file_node_id`` and, when it took an old answer's place, ``replaced_node_id``.
+
+    Args:
+        canvas: The canvas, changed in memory (the caller saves it).
+        results: The tasks' results; those whose ``status`` is not
+            ``"success"`` are left alone.
+        topics: Note id -> its topic, for the documents' titles and names.
+        layout: Where and how to write.
+        replacing: Task id -> the old answer whose place the new one takes.
+    """
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
+    places = _clear_places(canvas, results, replacing or {})
+    row_end: dict[str, Node] = {}
+    for result in results:
+        if result["status"] != "success":
+            continue
+        note_id, agent, answer = result["node_id"], result["agent"], str(result["answer"])
+        document: Path | None = None
+        if layout.inline:
+            text = f"**{agent}** · {stamp}\n\n{answer.strip()}"
+            lines = sum(1 + len(line) // 48 for line in text.splitlines())
+            size = (INLINE_WIDTH, min(max(CARD_SIZE[1], 26 * lines + 40), 2400))
+        else:
+            layout.folder.mkdir(parents=True, exist_ok=True)
+            topic = topics[note_id]
+            document = _fresh_path(layout.folder, f"{_slug(topic)}-{agent}", ".md")
+            document.write_text(
+                f"# {topic}\n\n*{agent} · {stamp}*\n\n{answer.strip()}\n", encoding="utf-8"
+            )
+            result["document"] = _relative(document, layout.base)
+            text = f"**{agent}** · {stamp}\n\n{_preview(answer)}"
+            size = CARD_SIZE
+        place = places.get(result["task_id"])
+        if place is not None:
+            (x, y, width, height), file_box, result["replaced_node_id"] = place
+            card = canvas.add_text_node(text, x, y, width, height, color=ANSWER_COLOR)
+        else:
+            # A note's further answers go on along its row, right of the previous one.
+            x, y = canvas.find_free_spot(row_end.get(note_id, note_id), *size)
+            card = canvas.add_text_node(text, x, y, size[0], size[1], color=ANSWER_COLOR)
+            row_end[note_id] = card
+            file_box = None
+        canvas.add_edge(note_id, card["id"], label=agent)
+        result["blue_node_id"] = card["id"]
+        if document is not None:
+            if file_box is None:
+                file_box = (*canvas.find_free_spot(card, *FILE_SIZE), *FILE_SIZE)
+            file_node = canvas.add_file_node(str(result["document"]), *file_box)
+            canvas.add_edge(card["id"], file_node["id"])
+            result["file_node_id"] = file_node["id"]
+            if place is None:
+                row_end[note_id] = file_node
+
+
+def save_side_file(
+    canvas_path: Path, folder: Path, answers: Sequence[Mapping[str, Any]], reason: str
+) -> Path:
+    """Keep answers that could not be written into the canvas in a JSON file.
+
+    Args:
+        canvas_path: The canvas they belong to.
+        folder: Where the file goes (the folder of the canvas being written).
+        answers: One dict per answer: ``task_id``, ``node_id``, ``agent`` and
+            the agent's result (``text``...).
+        reason: Why the canvas was not written.
+
+    Returns:
+        The file: ``<canvas name>.answers-<time>.json``, a fresh name.
+    """
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    side = _fresh_path(folder, f"{canvas_path.name}.answers-{stamp}", ".json")
+    payload = {"canvas": str(canvas_path), "reason": reason, "answers": list(answers)}
+    side.write_text(json.dumps(payload, indent=2, ensure_ascii=False), encoding="utf-8")
+    return side

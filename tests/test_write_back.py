@@ -1,0 +1,191 @@
+"""Writing answers back: documents, cards and edges; taking an old answer's place; side files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from command_handlers.answered import KnownAnswer
+from command_handlers.canvas import Canvas
+from command_handlers.write_back import (
+    CARD_SIZE,
+    FILE_SIZE,
+    Layout,
+    docs_folder,
+    save_side_file,
+    write_answers,
+)
+
+
+def note(node_id: str, y: int = 0) -> dict[str, Any]:
+    return {
+        "id": node_id,
+        "type": "text",
+        "text": "A note",
+        "x": 0,
+        "y": y,
+        "width": 300,
+        "height": 100,
+        "color": "6",
+    }
+
+
+def result(
+    note_id: str, agent: str = "clarify", status: str = "success", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "task_id": f"{note_id}:{agent}",
+        "node_id": note_id,
+        "agent": agent,
+        "status": status,
+        "answer": "\n".join(f"Line {n}" for n in range(1, 7)),
+        **extra,
+    }
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    return Layout(tmp_path, tmp_path / "docs")
+
+
+def old_answer(card_id: str, file_id: str | None) -> KnownAnswer:
+    return KnownAnswer("n1", "clarify", card_id, file_id, "h", 1.0, 1, "Old.", "old card")
+
+
+def test_docs_folder(tmp_path: Path) -> None:
+    canvas_path = tmp_path / "notes.canvas"
+    assert docs_folder(canvas_path, None, tmp_path) == tmp_path / "notes answers"
+    assert docs_folder(canvas_path, "out", tmp_path / "b") == tmp_path / "b" / "out"
+    assert docs_folder(canvas_path, str(tmp_path / "abs"), Path("x")) == tmp_path / "abs"
+
+
+def test_three_layers_along_the_row(layout: Layout) -> None:
+    canvas = Canvas({"nodes": [note("n1")], "edges": []})
+    results = [result("n1"), result("n1", "anchor"), result("n1", "oral", status="failed")]
+
+    write_answers(canvas, results, {"n1": "Derivatives?"}, layout)
+
+    first, second, failed = results
+    cards = [canvas.node(r["blue_node_id"]) for r in (first, second)]
+    assert [(c["width"], c["height"]) for c in cards] == [CARD_SIZE, CARD_SIZE]
+    assert cards[0]["text"].startswith("**clarify** · ")
+    assert "Line 4" in cards[0]["text"]
+    assert "Line 5" not in cards[0]["text"]
+    assert cards[1]["x"] > canvas.node(first["file_node_id"])["x"]  # further along the row
+    assert first["document"] == "docs/derivatives-clarify.md"
+    document = (layout.base / first["document"]).read_text(encoding="utf-8")
+    assert document.startswith("# Derivatives?\n\n*clarify · ")
+    assert "Line 6" in document
+    assert "blue_node_id" not in failed
+    assert len(canvas.nodes) == 5
+    assert len(canvas.edges) == 4
+
+
+def test_taking_the_place_of_an_old_answer(layout: Layout) -> None:
+    canvas = Canvas(
+        {
+            "nodes": [
+                note("n1"),
+                {**note("card"), "x": 500, "y": 40, "width": 333, "height": 222, "color": "5"},
+                {
+                    "id": "doc",
+                    "type": "file",
+                    "file": "old.md",
+                    "x": 900,
+                    "y": 60,
+                    "width": 10,
+                    "height": 20,
+                },
+                note("keep", 900),
+            ],
+            "edges": [
+                {"id": "e1", "fromNode": "n1", "toNode": "card", "label": "clarify"},
+                {"id": "e2", "fromNode": "card", "toNode": "doc"},
+                {"id": "e3", "fromNode": "keep", "toNode": "card"},
+                {"id": "e4", "fromNode": "n1", "toNode": "keep"},
+            ],
+        }
+    )
+    results = [result("n1")]
+
+    write_answers(canvas, results, {"n1": "T"}, layout, {"n1:clarify": old_answer("card", "doc")})
+
+    (done,) = results
+    assert done["replaced_node_id"] == "card"
+    card = canvas.node(done["blue_node_id"])
+    assert [card[k] for k in ("x", "y", "width", "height")] == [500, 40, 333, 222]
+    file_node = canvas.node(done["file_node_id"])
+    assert [file_node[k] for k in ("x", "y", "width", "height")] == [900, 60, 10, 20]
+    assert canvas.get_node("card") is None
+    assert canvas.get_node("doc") is None
+    assert [e["id"] for e in canvas.edges][:1] == ["e4"]  # the old answer's edges went
+    assert canvas.get_node("keep") is not None
+    assert canvas.new_id() not in {"card", "doc"}
+
+
+def test_an_inline_answer_in_the_place_of_a_card_without_document(layout: Layout) -> None:
+    inline = Layout(layout.base, layout.folder, inline=True)
+    canvas = Canvas(
+        {
+            "nodes": [note("n1"), {**note("card"), "x": 400, "color": "5"}, note("n2", 400)],
+            "edges": [{"id": "e1", "fromNode": "n1", "toNode": "card", "label": "clarify"}],
+        }
+    )
+    results = [result("n1"), result("n2")]
+
+    write_answers(
+        canvas, results, {"n1": "T", "n2": "U"}, inline, {"n1:clarify": old_answer("card", None)}
+    )
+
+    replaced, fresh = (canvas.node(r["blue_node_id"]) for r in results)
+    assert (replaced["x"], replaced["width"]) == (400, 300)
+    assert "Line 6" in replaced["text"]
+    assert fresh["width"] == 420
+    assert fresh["height"] > CARD_SIZE[1]
+    assert "document" not in results[0]
+    assert not layout.folder.exists()
+
+
+def test_a_document_for_a_replaced_inline_answer_goes_beside_the_card(layout: Layout) -> None:
+    canvas = Canvas(
+        {
+            "nodes": [note("n1"), {**note("card"), "x": 400, "color": "5"}],
+            "edges": [{"id": "e1", "fromNode": "n1", "toNode": "card", "label": "clarify"}],
+        }
+    )
+    results = [result("n1")]
+
+    write_answers(canvas, results, {"n1": "T"}, layout, {"n1:clarify": old_answer("card", None)})
+
+    file_node = canvas.node(results[0]["file_node_id"])
+    assert file_node["x"] > 700
+    assert (file_node["width"], file_node["height"]) == FILE_SIZE
+
+
+def test_a_failed_call_leaves_the_old_answer(layout: Layout) -> None:
+    canvas = Canvas({"nodes": [note("n1"), {**note("card"), "color": "5", "y": 300}], "edges": []})
+    results = [result("n1", status="failed")]
+
+    write_answers(canvas, results, {"n1": "T"}, layout, {"n1:clarify": old_answer("card", "gone")})
+
+    assert canvas.get_node("card") is not None
+    assert len(canvas.nodes) == 2
+
+
+def test_save_side_file(tmp_path: Path) -> None:
+    answers = [{"task_id": "n1:clarify", "node_id": "n1", "agent": "clarify", "text": "Hi"}]
+
+    first = save_side_file(tmp_path / "notes.canvas", tmp_path, answers, "interrupted")
+    second = save_side_file(tmp_path / "notes.canvas", tmp_path, answers, "interrupted")
+
+    assert first != second
+    assert first.name.startswith("notes.canvas.answers-")
+    saved = json.loads(first.read_text(encoding="utf-8"))
+    assert saved == {
+        "canvas": str(tmp_path / "notes.canvas"),
+        "reason": "interrupted",
+        "answers": answers,
+    }
