@@ -568,13 +568,30 @@ class _InputHashes:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.memo: dict[tuple[str, str], str] = {}
         try:
             self.definitions = load_agents(settings.agents_dirs)
         except ValueError:  # reported when the agents were registered
             self.definitions = {}
 
-    def of(self, note: _Note, agent: str) -> str:
-        """The hash of what the agent's answer to the note depends on."""
+    def of(self, note: _Note, agent: str, notes: Mapping[str, _Note] | None = None) -> str:
+        """The hash of what the agent's answer to the note depends on.
+
+        With ``--follow-edges`` that includes what the notes it builds on depend
+        on (their answers are in its prompt), so a changed prerequisite makes
+        its dependents change too.
+        """
+        key = (note.node_id, agent)
+        if key in self.memo:
+            return self.memo[key]
+        self.memo[key] = ""  # a cycle is refused later; do not recurse forever meanwhile
+        chain = notes or {}
+        prerequisites = sorted(
+            self.of(chain[earlier], earlier_agent, chain)
+            for earlier in note.after
+            if earlier in chain
+            for earlier_agent in chain[earlier].agents
+        )
         definition = self.definitions.get(agent)
         if self.settings.agent_command:
             model = shlex.join(self.settings.agent_command)
@@ -585,11 +602,15 @@ class _InputHashes:
         payload = [
             agent,
             note.text,
-            sorted(item.text for item in note.material),  # the file's order does not count
+            # The edge labels are in the prompt too; the file's order is not.
+            sorted([item.label, item.text] for item in note.material),
             model,
             definition.fingerprint if definition else "",
+            prerequisites,
         ]
-        return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
+        self.memo[key] = digest
+        return digest
 
 
 def _kept_agents(
@@ -610,7 +631,7 @@ def _decide(
     """Decide, per note and agent, whether to answer: new, changed, forced or answered."""
     for note in notes.values():
         for agent in note.agents:
-            note.hashes[agent] = hashes.of(note, agent)
+            note.hashes[agent] = hashes.of(note, agent, notes)
             note.decisions[agent] = decide(
                 known.of(note.node_id, agent), note.hashes[agent], force=force
             )
@@ -680,7 +701,10 @@ def _journal_path(canvas: Canvas, opts: Options) -> Path | None:
     if not opts.use_journal:
         return None
     assert canvas.path is not None
-    return Path(opts.journal) if opts.journal else Journal.default_path(canvas.path)
+    if opts.journal:
+        return Path(opts.journal)
+    # Beside the canvas that holds the answers: with --output, the written one.
+    return Journal.default_path(Path(opts.output) if opts.output else canvas.path)
 
 
 def _open_journal(canvas: Canvas, opts: Options) -> Journal | None:

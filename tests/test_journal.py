@@ -601,3 +601,45 @@ async def test_through_the_plugin_layer(tmp_path: Path) -> None:
     finally:
         pm.unregister(journal)
         journal.close()
+
+
+async def test_an_answer_served_from_the_journal_is_recorded_as_costing_no_call(
+    tmp_path: Path,
+) -> None:
+    from command_handlers.plugins import AsyncTask, get_plugin_manager, run_tasks
+
+    calls: list[str] = []
+
+    class Agent:
+        @hookimpl
+        def register_executors(self, register: Any) -> None:
+            async def answer(task: Any) -> dict[str, str]:
+                calls.append(task.task_id)
+                return {"text": "fresh"}
+
+            register("echo-agent", answer)
+
+    def tasks() -> list[AsyncTask]:
+        return [
+            AsyncTask("t", "echo-agent", {"note_id": "n", "input_hash": "h", "prompt": "p"}),
+            AsyncTask(
+                "u",
+                "echo-agent",
+                {"note_id": "m", "input_hash": "h2", "prompt": "p"},
+                dependencies=["t"],
+            ),
+        ]
+
+    for _ in range(2):
+        pm = get_plugin_manager(load_entry_points=False)
+        for name in ("llm-agents", "command-agent"):
+            pm.unregister(name=name)
+        pm.register(Agent())
+        journal = Journal(tmp_path / "j.sqlite")
+        pm.register(journal, name="journal")
+        journal.expect(tasks())
+        await run_tasks(tasks(), pm=pm, use_cache=True, dependency_aware=True)
+        rows = journal.outcomes()
+        journal.close()
+    assert calls == ["t", "u"]  # the second run paid for nothing
+    assert [(r.task_id, r.attempts) for r in rows] == [("t", 1), ("u", 1), ("t", 0), ("u", 0)]

@@ -288,6 +288,7 @@ class Journal:
         self._identity: dict[str, tuple[str | None, str | None, str | None]] = {}
         self._started: dict[str, float] = {}
         self._attempts: dict[str, int] = {}
+        self._served: set[str] = set()  # tasks this journal answered from an earlier outcome
 
     @staticmethod
     def default_path(canvas_path: str | Path) -> Path:
@@ -362,6 +363,9 @@ class Journal:
         """
         note_id, agent, input_hash = self._identity.pop(task_id, _UNKNOWN)
         payload = None if error is not None else json.dumps(result, default=str)
+        started = self._started.pop(task_id, None)
+        # A task never started (skipped, cancelled, answered from this journal) cost no call.
+        called = started is not None and task_id not in self._served
         row = (
             self._run_id,
             task_id,
@@ -371,8 +375,8 @@ class Journal:
             _status(error),
             payload,
             error,
-            self._attempts.pop(task_id, 1),
-            self._started.pop(task_id, None),
+            self._attempts.pop(task_id, 1 if called else 0),
+            started,
             time.time(),
         )
         with self._conn as conn:
@@ -396,7 +400,10 @@ class Journal:
         if row is None:
             return None
         result = json.loads(row[0])
-        return result if isinstance(result, dict) else None
+        if not isinstance(result, dict):
+            return None
+        self._served.add(task.task_id)
+        return result
 
     # -- what the handler calls ----------------------------------------------------
 
