@@ -21,6 +21,7 @@ from rich.prompt import Confirm
 from rich.table import Table
 
 from command_handlers import __version__
+from command_handlers.config_file import ConfigError, find_config, read_config
 from command_handlers.default_plugins.progress import ProgressDisplay
 from command_handlers.intelligent_parallel_handler import (
     CommandInputError,
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("canvas_file", help="the .canvas file (JSON Canvas 1.0)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="defaults for these options from a YAML file (default: $INTELLIGENT_PARALLEL_CONFIG,"
+        " else .intelligent-parallel.yaml beside the canvas); options given here win",
+    )
 
     select = parser.add_argument_group("which notes")
     select.add_argument(
@@ -415,7 +422,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = find_config(args.config, args.canvas_file)
+    if config is not None:
+        try:
+            parser.set_defaults(**read_config(config, vars(args)))
+        except ConfigError as exc:
+            Console(stderr=True).print(
+                f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
+            return EXIT_BAD_INPUT
+        args = parser.parse_args(argv)
     console = Console(stderr=True, quiet=args.quiet)
     interactive = sys.stdin.isatty() and console.is_terminal and not args.json
     display = ProgressDisplay(

@@ -191,6 +191,7 @@ def _isolated_environment(
     monkeypatch.setenv("LLM_USER_PATH", str(tmp_path_factory.mktemp("llm-user")))
     monkeypatch.setenv("COMMAND_HANDLERS_LOAD_PLUGINS", "")
     monkeypatch.delenv("TEST_AGENT_TOUCH", raising=False)
+    monkeypatch.delenv("INTELLIGENT_PARALLEL_CONFIG", raising=False)
 
 
 @pytest.fixture
