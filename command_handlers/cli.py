@@ -382,10 +382,11 @@ def _plural(count: int, word: str) -> str:
 def _print_summary(console: Console, result: Mapping[str, Any]) -> None:
     stats = result["stats"]
     asked = stats["total_nodes"] - stats["skipped_answered"]
+    docs, cards, errors = stats["generated_docs"], stats["created_blue_nodes"], stats["errors"]
     console.print(
-        f"[bold]{stats['processed_nodes']}/{asked} notes answered[/], "
-        f"{stats['generated_docs']} documents, {stats['created_blue_nodes']} blue nodes, "
-        f"{stats['errors']} errors in {result.get('elapsed_seconds', 0.0):.1f} s"
+        f"[bold]{stats['processed_nodes']}/{asked} {_plural(asked, 'note')} answered[/], "
+        f"{docs} {_plural(docs, 'document')}, {cards} blue {_plural(cards, 'node')}, "
+        f"{errors} {_plural(errors, 'error')} in {result.get('elapsed_seconds', 0.0):.1f} s"
     )
     if stats["skipped_answered"]:
         count = stats["skipped_answered"]

@@ -468,3 +468,13 @@ def test_cancelled_tasks_are_kept_apart_from_failures() -> None:
     assert "Cancelled" in text
     stats = next(iter(display.stats.values()))
     assert (stats["failed"], stats["cancelled"]) == (1, 2)
+
+
+def test_one_task_is_one_task() -> None:
+    con = console()
+    display = ProgressDisplay(con, mode="plain")
+    display.on_run_start(run_info(task("a")))
+    display.on_task_start(task("a"))
+    display.on_task_progress("a", {"text": "fine"}, None)
+    display.on_run_end(run_info(task("a")), summary())
+    assert output(con).splitlines()[-1].startswith("1 task in ")

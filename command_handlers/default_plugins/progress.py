@@ -389,7 +389,8 @@ class ProgressDisplay:
         if self._agents:
             console.print(self._table())
         counts = self._counts
-        footer = Text(f"{counts.done} tasks in {_seconds(self.elapsed)}: ", style="bold")
+        tasks = "task" if counts.done == 1 else "tasks"
+        footer = Text(f"{counts.done} {tasks} in {_seconds(self.elapsed)}: ", style="bold")
         footer.append(f"{counts.ok} ok", style="green")
         footer.append(f", {counts.failed} failed", style="red" if counts.failed else "")
         footer.append(f", {counts.skipped} skipped", style="yellow" if counts.skipped else "")

@@ -729,7 +729,7 @@ def test_a_failing_agent_fails_the_run_but_keeps_the_other_answers(
     assert len(agent_program.calls()) == 2
     check_canvas(canvas_file, data, {"note-recursion": [DEFAULT_AGENT]})
     assert not answers_of(canvas_file, data, "note-closure")
-    assert "1/2 notes answered" in err
+    assert "1/2 notes answered, 1 document, 1 blue node, 1 error in" in err
     assert "failed" in err
     assert "failing on purpose [/oops] [bold]" in err
 
