@@ -5,7 +5,8 @@ Measures, in one run of this script:
 1. cost per task (microseconds) and peak memory growth per task (bytes) of
    1,000 / 10,000 / 100,000 no-op tasks at limit 12, for the engine, the
    story's ``asyncio.gather`` + ``asyncio.Semaphore`` sketch and a minimal pool
-   of worker coroutines pulling from a deque (the floor);
+   of worker coroutines on an asyncio.Queue, keeping outcomes by task id, as the
+   asyncio docs recipe does (the floor);
 2. makespan / lower bound of 200 tasks of 10 ms at limit 12;
 3. makespan / lower bound of a seeded random DAG of 200 tasks in the engine's
    dependency-aware mode, at dependency_limit 5 (the default) and 12;
