@@ -35,7 +35,9 @@ import inspect
 import logging
 import random
 import re
+import sys
 import time
+import warnings
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import CoroutineType
@@ -349,6 +351,20 @@ def is_retryable(error: BaseException) -> bool:
     if isinstance(status, int) and status in _RETRYABLE_STATUS:
         return True
     return any(cls.__name__ in _RETRYABLE_NAMES for cls in type(error).__mro__)
+
+
+def _new_semaphore(value: int) -> asyncio.Semaphore:
+    """``asyncio.Semaphore(value)``, also outside an event loop on Python 3.9."""
+    try:
+        return asyncio.Semaphore(value)
+    except RuntimeError:  # pragma: no cover - Python 3.9 with no event loop in this thread
+        placeholder = asyncio.new_event_loop()  # rebound at the first run
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return asyncio.Semaphore(value, loop=placeholder)  # type: ignore[call-arg,unused-ignore]
+        finally:
+            placeholder.close()
 
 
 def _check_limit(name: str, value: object) -> int:
@@ -854,7 +870,7 @@ class AsyncExecutionEngine:
         """
         self.max_concurrency = _check_limit("max_concurrency", max_concurrency)
         self.dependency_limit = _check_limit("dependency_limit", dependency_limit)
-        self.semaphore = asyncio.Semaphore(max_concurrency)
+        self.semaphore = _new_semaphore(max_concurrency)
         self.active_tasks: dict[str, asyncio.Task[Any]] = {}
         self.completed_tasks: dict[str, Any] = {}
         self.failed_tasks: dict[str, str] = {}
@@ -986,6 +1002,13 @@ class AsyncExecutionEngine:
         dependents, _ = _dependency_graph(task_list, index)
         return [task_list[i] for i in _kahn_order(task_list, dependents)]
 
+    def _bind_semaphore(self, loop: asyncio.AbstractEventLoop) -> None:  # pragma: no cover
+        """On Python 3.9 a semaphore belongs to the loop it was made in: make an idle one anew."""
+        semaphore = self.semaphore
+        idle = semaphore._value == self.max_concurrency and not getattr(semaphore, "_waiters", None)
+        if getattr(semaphore, "_loop", loop) is not loop and idle:
+            self.semaphore = asyncio.Semaphore(self.max_concurrency)
+
     async def _execute_with_semaphore(
         self,
         task: AsyncTask,
@@ -1065,6 +1088,8 @@ class AsyncExecutionEngine:
         limits = _validate_agent_limits(agent_limits)
         policy = policy or RunPolicy()
         loop = asyncio.get_running_loop()
+        if sys.version_info < (3, 10):  # pragma: no cover - Python 3.9 only
+            self._bind_semaphore(loop)
         run = _Run(
             task_list,
             dependency_aware=dependency_aware,

@@ -1038,3 +1038,20 @@ def test_a_router_that_returns_none_defers_to_the_colour_map(pm: pluggy.PluginMa
     pm.register(router)
     assert choose(pm, {"color": "1"}) == "oral-explanation"
     assert len(router.calls) == 1
+
+
+def test_built_in_hook_implementations_give_no_argument_a_default() -> None:
+    # pluggy before 1.7 does not pass a hook argument whose parameter has a default:
+    # the engine would never see the run's policy.
+    import inspect as inspect_module
+
+    from command_handlers.default_plugins import engine_backend as backend
+    from command_handlers.default_plugins import routing
+
+    for function in (backend.execute_tasks, routing.choose_agent):
+        defaults = [
+            name
+            for name, parameter in inspect_module.signature(function).parameters.items()
+            if parameter.default is not inspect_module.Parameter.empty
+        ]
+        assert defaults == [], function

@@ -19,7 +19,7 @@ def execute_tasks(
     agent_limits: Mapping[str, int],
     progress_callback: Callable[[str, Any, str | None], Any] | None,
     start_callback: Callable[[AsyncTask], Any] | None,
-    policy: RunPolicy | None = None,
+    policy: RunPolicy | None,
 ) -> Awaitable[dict[str, Any]]:
     """Run the tasks on a fresh :class:`AsyncExecutionEngine`.
 
