@@ -91,6 +91,23 @@ def _fresh_path(folder: Path, stem: str, suffix: str) -> Path:
     return candidate
 
 
+def _document(folder: Path, stem: str, content: str) -> Path:
+    """Write ``content`` to a fresh ``stem*.md``, or reuse the file that already holds it.
+
+    A run that writes the same answer again (reused from the journal) then
+    adds no copy; a different answer never overwrites a file.
+    """
+    candidate = folder / f"{stem}.md"
+    number = 2
+    while candidate.exists():
+        if candidate.read_bytes() == content.encode("utf-8"):
+            return candidate
+        candidate = folder / f"{stem}-{number}.md"
+        number += 1
+    candidate.write_text(content, encoding="utf-8")
+    return candidate
+
+
 def _preview(text: str, lines: int = PREVIEW_LINES) -> str:
     kept = [line for line in text.strip().splitlines() if line.strip()][:lines]
     return "\n".join(kept)
@@ -169,9 +186,10 @@ def write_answers(
         else:
             layout.folder.mkdir(parents=True, exist_ok=True)
             topic = topics[note_id]
-            document = _fresh_path(layout.folder, f"{_slug(topic)}-{agent}", ".md")
-            document.write_text(
-                f"# {topic}\n\n*{agent} · {stamp}*\n\n{answer.strip()}\n", encoding="utf-8"
+            document = _document(
+                layout.folder,
+                f"{_slug(topic)}-{agent}",
+                f"# {topic}\n\n*{agent}*\n\n{answer.strip()}\n",
             )
             result["document"] = _relative(document, layout.base)
             text = f"**{agent}** · {stamp}\n\n{_preview(answer)}"

@@ -77,7 +77,7 @@ def test_three_layers_along_the_row(layout: Layout) -> None:
     assert cards[1]["x"] > canvas.node(first["file_node_id"])["x"]  # further along the row
     assert first["document"] == "docs/derivatives-clarify.md"
     document = (layout.base / first["document"]).read_text(encoding="utf-8")
-    assert document.startswith("# Derivatives?\n\n*clarify · ")
+    assert document.startswith("# Derivatives?\n\n*clarify*\n\n")
     assert "Line 6" in document
     assert "blue_node_id" not in failed
     assert len(canvas.nodes) == 5
@@ -189,3 +189,16 @@ def test_save_side_file(tmp_path: Path) -> None:
         "reason": "interrupted",
         "answers": answers,
     }
+
+
+def test_the_same_answer_again_reuses_its_document_a_new_one_gets_a_new_file(
+    tmp_path: Path,
+) -> None:
+    from command_handlers.write_back import _document
+
+    first = _document(tmp_path, "topic-agent", "# T\n\nanswer one\n")
+    again = _document(tmp_path, "topic-agent", "# T\n\nanswer one\n")
+    other = _document(tmp_path, "topic-agent", "# T\n\nanswer two\n")
+    assert first == again == tmp_path / "topic-agent.md"
+    assert other == tmp_path / "topic-agent-2.md"
+    assert first.read_text(encoding="utf-8") == "# T\n\nanswer one\n"
