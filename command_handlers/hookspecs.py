@@ -11,13 +11,57 @@ raises is logged with its plugin's name and never fails a task or the run.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import pluggy
 
-__all__ = ["hookspec"]
+__all__ = ["RunView", "TaskView", "hookspec"]
 
 hookspec = pluggy.HookspecMarker("command_handlers")
+
+
+class TaskView(Protocol):
+    """What plugins read of a task (an ``AsyncTask`` of :mod:`command_handlers.plugins`).
+
+    Spelled as a protocol so that plugins type their hooks without importing the
+    engine's module, which only the plugin layer may import.
+    """
+
+    @property
+    def task_id(self) -> str:
+        """The task's id."""
+
+    @property
+    def agent_name(self) -> str:
+        """The agent that runs it."""
+
+    @property
+    def node_data(self) -> Mapping[str, Any]:
+        """Its data; for a canvas note ``prompt``, ``note_id`` and ``input_hash``."""
+
+
+class RunView(Protocol):
+    """What listeners read of a run (a ``RunInfo`` of :mod:`command_handlers.plugins`)."""
+
+    @property
+    def run_id(self) -> str:
+        """A fresh id for the run."""
+
+    @property
+    def task_count(self) -> int:
+        """How many tasks the run holds."""
+
+    @property
+    def mode(self) -> str:
+        """``"parallel"`` or ``"dependency-aware"``."""
+
+    @property
+    def max_concurrency(self) -> int:
+        """The run's limit."""
+
+    @property
+    def tasks(self) -> Sequence[TaskView]:
+        """The run's tasks, in input order."""
 
 
 @hookspec

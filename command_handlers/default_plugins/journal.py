@@ -25,12 +25,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from command_handlers import hookimpl
+from command_handlers.hookspecs import RunView, TaskView
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -95,34 +96,6 @@ _NEWEST_SUCCESS = (
 
 class JournalError(ValueError):
     """The journal file cannot be used: not a SQLite file, corrupt, or from a newer version."""
-
-
-class _Task(Protocol):
-    """What the journal reads of a task (an ``AsyncTask``)."""
-
-    @property
-    def task_id(self) -> str:
-        """The task's id."""
-
-    @property
-    def agent_name(self) -> str:
-        """The agent that runs it."""
-
-    @property
-    def node_data(self) -> Mapping[str, Any]:
-        """Its data: ``note_id``, ``input_hash`` and ``prompt`` for a canvas note."""
-
-
-class _Run(Protocol):
-    """What the journal reads of a run (a ``RunInfo``)."""
-
-    @property
-    def run_id(self) -> str:
-        """The run's id."""
-
-    @property
-    def task_count(self) -> int:
-        """How many tasks the run holds."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +166,7 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _identity(task: _Task) -> tuple[str | None, str | None, str | None]:
+def _identity(task: TaskView) -> tuple[str | None, str | None, str | None]:
     """Return the task's ``(note_id, agent, input_hash)``."""
     data = task.node_data
     return _text(data.get("note_id")), task.agent_name, _text(data.get("input_hash"))
@@ -322,7 +295,7 @@ class Journal:
     # -- the hooks -----------------------------------------------------------------
 
     @hookimpl
-    def on_run_start(self, run: _Run) -> None:
+    def on_run_start(self, run: RunView) -> None:
         """Remember the run's id and record the run.
 
         Args:
@@ -338,7 +311,7 @@ class Journal:
             )
 
     @hookimpl
-    def on_task_start(self, task: _Task) -> None:
+    def on_task_start(self, task: TaskView) -> None:
         """Remember when the task started, and its note, agent and input hash.
 
         Args:
@@ -383,7 +356,7 @@ class Journal:
             conn.execute(_INSERT, row)
 
     @hookimpl
-    def cached_result(self, task: _Task) -> dict[str, Any] | None:
+    def cached_result(self, task: TaskView) -> dict[str, Any] | None:
         """Return the result of the newest successful outcome with the task's input hash.
 
         Args:
@@ -407,7 +380,7 @@ class Journal:
 
     # -- what the handler calls ----------------------------------------------------
 
-    def expect(self, tasks: Iterable[_Task]) -> None:
+    def expect(self, tasks: Iterable[TaskView]) -> None:
         """Learn the note, agent and input hash of tasks before the run.
 
         A task skipped because a dependency failed never starts, so without this

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import llm
 
 from command_handlers import hookimpl
 from command_handlers.agent_definitions import AgentDefinition, load_agents
+from command_handlers.hookspecs import TaskView
 from command_handlers.settings import Settings
 
 __all__ = [
@@ -51,24 +52,8 @@ ECHO_MODEL = "echo"
 logger = logging.getLogger("command_handlers.agents")
 
 
-class AgentTask(Protocol):
-    """What an executor reads of a task (a :class:`command_handlers.plugins.AsyncTask`).
-
-    Spelled as a protocol because the built-in plugins must not import the
-    engine's module, not even for type checking.
-    """
-
-    @property
-    def task_id(self) -> str:
-        """The task's id."""
-
-    @property
-    def agent_name(self) -> str:
-        """The agent the task is for."""
-
-    @property
-    def node_data(self) -> Mapping[str, Any]:
-        """The task's data; ``node_data["prompt"]`` is the user message."""
+#: What an executor reads of a task.
+AgentTask = TaskView
 
 
 def run_model_id(settings: Settings) -> str:

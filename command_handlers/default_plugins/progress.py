@@ -20,8 +20,7 @@ plugin layer: a run and a task are whatever has the attributes it reads.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -37,6 +36,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from command_handlers import hookimpl
+from command_handlers.hookspecs import RunView, TaskView
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -53,38 +53,6 @@ _CANCEL_PREFIX = "cancelled:"
 _OK, _FAILED, _SKIPPED, _CANCELLED = range(4)
 _STYLES = ("green", "red", "yellow", "yellow")
 _UNKNOWN_AGENT = "?"
-
-
-class _Task(Protocol):
-    """What the display reads of a task (an ``AsyncTask``)."""
-
-    @property
-    def task_id(self) -> str:
-        """The task's id."""
-
-    @property
-    def agent_name(self) -> str:
-        """The agent that runs it."""
-
-
-class _Run(Protocol):
-    """What the display reads of a run (a ``RunInfo``)."""
-
-    @property
-    def task_count(self) -> int:
-        """How many tasks the run holds."""
-
-    @property
-    def mode(self) -> str:
-        """``"parallel"`` or ``"dependency-aware"``."""
-
-    @property
-    def max_concurrency(self) -> int:
-        """The run's limit."""
-
-    @property
-    def tasks(self) -> Sequence[_Task]:
-        """The run's tasks."""
 
 
 class _AgentStats:
@@ -270,7 +238,7 @@ class ProgressDisplay:
     # -- the hooks -----------------------------------------------------------------
 
     @hookimpl
-    def on_run_start(self, run: _Run) -> None:
+    def on_run_start(self, run: RunView) -> None:
         """Reset the counts, learn each task's agent and start the bar or print a heading.
 
         Args:
@@ -303,7 +271,7 @@ class ProgressDisplay:
             )
 
     @hookimpl
-    def on_task_start(self, task: _Task) -> None:
+    def on_task_start(self, task: TaskView) -> None:
         """Note when the task started.
 
         Args:
@@ -373,7 +341,7 @@ class ProgressDisplay:
         self._print(self._finished_line(task_id, agent, duration, error, status))
 
     @hookimpl
-    def on_run_end(self, run: _Run, summary: Mapping[str, Any]) -> None:
+    def on_run_end(self, run: RunView, summary: Mapping[str, Any]) -> None:
         """Stop the bar and print the table of the agents and the total time.
 
         Args:
