@@ -13,10 +13,11 @@ a JSON file beside it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -82,13 +83,15 @@ def _slug(text: str, limit: int = 48) -> str:
     return slug[:limit].strip("-") or "note"
 
 
+def _names(folder: Path, stem: str, suffix: str) -> Iterator[Path]:
+    """``stem.suffix``, then ``stem-2.suffix``, ``stem-3.suffix``, ..."""
+    yield folder / f"{stem}{suffix}"
+    for number in itertools.count(2):
+        yield folder / f"{stem}-{number}{suffix}"
+
+
 def _fresh_path(folder: Path, stem: str, suffix: str) -> Path:
-    candidate = folder / f"{stem}{suffix}"
-    number = 2
-    while candidate.exists():
-        candidate = folder / f"{stem}-{number}{suffix}"
-        number += 1
-    return candidate
+    return next(path for path in _names(folder, stem, suffix) if not path.exists())
 
 
 def _document(folder: Path, stem: str, content: str) -> Path:
@@ -97,15 +100,14 @@ def _document(folder: Path, stem: str, content: str) -> Path:
     A run that writes the same answer again (reused from the journal) then
     adds no copy; a different answer never overwrites a file.
     """
-    candidate = folder / f"{stem}.md"
-    number = 2
-    while candidate.exists():
-        if candidate.read_bytes() == content.encode("utf-8"):
+    data = content.encode("utf-8")
+    for candidate in _names(folder, stem, ".md"):
+        if not candidate.exists():
+            candidate.write_bytes(data)
             return candidate
-        candidate = folder / f"{stem}-{number}.md"
-        number += 1
-    candidate.write_text(content, encoding="utf-8")
-    return candidate
+        if candidate.read_bytes() == data:
+            return candidate
+    raise AssertionError("unreachable: the names never run out")  # pragma: no cover
 
 
 def _preview(text: str, lines: int = PREVIEW_LINES) -> str:
