@@ -89,8 +89,8 @@ def test_engine_initialisation_defaults() -> None:
     assert isinstance(engine.semaphore, asyncio.Semaphore)
     assert engine.semaphore._value == 12
     assert engine.active_tasks == {}
-    assert engine.completed_tasks == {}
-    assert engine.failed_tasks == {}
+    assert engine.completed_tasks == []
+    assert engine.failed_tasks == []
     assert engine.dependency_limit == 5
 
 
@@ -163,8 +163,19 @@ async def test_iv3_one_failure_never_stops_the_others() -> None:
         "error_type": "ValueError",
         "attempts": 1,
     }
-    assert engine.failed_tasks == {"task-3": "task-3 failed", "task-7": "task-7 failed"}
-    assert set(engine.completed_tasks) == {f"task-{i}" for i in range(10)} - {"task-3", "task-7"}
+    assert engine.failed_tasks == [
+        {
+            "task_id": f"task-{i}",
+            "agent_name": "oral-explanation",
+            "error": f"task-{i} failed",
+            "error_type": "ValueError",
+        }
+        for i in (3, 7)
+    ]
+    assert engine.completed_tasks == summary["results"]
+    assert [r["task_id"] for r in engine.completed_tasks] == [
+        f"task-{i}" for i in range(10) if i not in (3, 7)
+    ]
     assert engine.active_tasks == {}
 
 
@@ -474,8 +485,8 @@ async def test_one_engine_runs_again_without_leaking_results() -> None:
     await engine.execute_parallel(make_tasks(3), Recorder(fail=frozenset({"task-0"})))
     summary = await engine.execute_parallel([AsyncTask("other", "a", {})], Recorder())
     assert summary["total"] == 1
-    assert engine.completed_tasks == {"other": {"task_id": "other", "result": "success"}}
-    assert engine.failed_tasks == {}
+    assert engine.completed_tasks == [{"task_id": "other", "result": "success"}]
+    assert engine.failed_tasks == []
 
 
 async def test_two_concurrent_runs_share_the_engine_limit_and_keep_results_apart() -> None:
