@@ -301,7 +301,12 @@ class Workers:
                                 logger.exception("callback for task %r raised", task_id)
                     if end_callback is not None:
                         outcome = ledger.outcome(i, "success", result)
-                        await notify(end_callback, task_id, task, outcome)
+                        pending = call(end_callback, task_id, task, outcome)
+                        if pending is not None:
+                            try:
+                                await pending
+                            except Exception:  # pylint: disable=broad-exception-caught
+                                logger.exception("callback for task %r raised", task_id)
                     succeed(i, result)
                     if release is not None:
                         release(i)
