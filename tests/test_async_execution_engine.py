@@ -13,9 +13,16 @@ from typing import Any
 import pytest
 
 from command_handlers.async_execution_engine import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DEPENDENCY_LIMIT,
+    MAX_CONCURRENCY,
+    MIN_CONCURRENCY,
+    STATUSES,
     AsyncExecutionEngine,
     AsyncTask,
     DependencyCycleError,
+    TaskOutcome,
+    check_limit,
 )
 
 
@@ -638,3 +645,213 @@ async def test_execute_with_semaphore_holds_a_slot_reports_and_reraises() -> Non
     assert engine.semaphore._value == 2
     assert engine.active_tasks == {}
     assert seen == [("good", "fine", None), ("bad", None, "bad input")]
+
+
+# --- outcomes: the end callback ------------------------------------------------------------
+
+
+class Ends:
+    """Records every callback in the order the engine made them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.outcomes: dict[str, TaskOutcome] = {}
+
+    def on_progress(self, task_id: str, result: Any, error: str | None) -> None:
+        self.events.append(("progress", task_id))
+
+    def on_end(self, task: AsyncTask, outcome: TaskOutcome) -> None:
+        assert task.task_id not in self.outcomes, f"{task.task_id} ended twice"
+        self.events.append(("end", task.task_id))
+        self.outcomes[task.task_id] = outcome
+
+    async def on_end_async(self, task: AsyncTask, outcome: TaskOutcome) -> None:
+        await asyncio.sleep(0)
+        self.on_end(task, outcome)
+
+
+def test_task_outcome_is_frozen_data_with_the_four_statuses() -> None:
+    assert STATUSES == ("success", "failed", "skipped", "cancelled")
+    outcome = TaskOutcome("success", {"a": 1}, None, None, 1, 10.0, 11.0)
+    assert outcome.cached is False
+    assert [f.name for f in dataclasses.fields(TaskOutcome)] == [
+        "status",
+        "result",
+        "error",
+        "error_type",
+        "attempts",
+        "started",
+        "finished",
+        "cached",
+    ]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        outcome.status = "failed"  # type: ignore[misc]
+    assert dataclasses.replace(outcome, cached=True).cached is True
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("method", ["execute_parallel", "execute_with_dependency_awareness"])
+async def test_end_callback_once_per_task_right_after_its_progress_callback(
+    is_async: bool, method: str
+) -> None:
+    ends = Ends()
+    before = time.time()
+    summary = await getattr(AsyncExecutionEngine(3), method)(
+        make_tasks(6),
+        Recorder(fail=frozenset({"task-4"})),
+        ends.on_progress,
+        end_callback=ends.on_end_async if is_async else ends.on_end,
+    )
+    assert summary["success"] == 5
+    assert sorted(ends.outcomes) == [f"task-{i}" for i in range(6)]
+    events = ends.events
+    for task_id in ends.outcomes:
+        assert events.count(("progress", task_id)) == events.count(("end", task_id)) == 1
+        end = events.index(("end", task_id))
+        if is_async:  # other workers may go on while an async callback awaits
+            assert events.index(("progress", task_id)) < end
+        else:
+            assert events[end - 1] == ("progress", task_id)
+    ok = ends.outcomes["task-0"]
+    assert ok.status == "success"
+    assert ok.result == {"task_id": "task-0", "result": "success"}
+    assert (ok.error, ok.error_type, ok.attempts, ok.cached) == (None, None, 1, False)
+    assert ok.started is not None
+    assert before <= ok.started <= ok.finished <= time.time()
+    failed = ends.outcomes["task-4"]
+    assert (failed.status, failed.result, failed.error, failed.error_type, failed.attempts) == (
+        "failed",
+        None,
+        "task-4 failed",
+        "ValueError",
+        1,
+    )
+
+
+async def test_the_status_comes_from_what_happened_never_from_the_error_text() -> None:
+    ends = Ends()
+    progress: list[tuple[str, Any, Any]] = []
+
+    async def executor(task: AsyncTask) -> None:
+        raise RuntimeError("cancelled: quota exceeded")
+
+    summary = await AsyncExecutionEngine().execute_parallel(
+        make_tasks(1), executor, lambda *args: progress.append(args), end_callback=ends.on_end
+    )
+    outcome = ends.outcomes["task-0"]
+    assert outcome.status == "failed"
+    assert outcome.error == "cancelled: quota exceeded"
+    assert outcome.error_type == "RuntimeError"
+    assert progress == [("task-0", None, "cancelled: quota exceeded")]
+    assert (summary["failed"], summary["cancelled"]) == (1, 0)
+
+
+async def test_skipped_dependents_end_as_skipped_never_started() -> None:
+    tasks = [
+        AsyncTask("a", "x", {}),
+        AsyncTask("b", "x", {}, dependencies=["a"]),
+        AsyncTask("c", "x", {}, dependencies=["b"]),
+        AsyncTask("d", "x", {}),
+    ]
+    ends = Ends()
+    await AsyncExecutionEngine().execute_with_dependency_awareness(
+        tasks, Recorder(fail=frozenset({"a"})), ends.on_progress, end_callback=ends.on_end
+    )
+    assert {k: o.status for k, o in ends.outcomes.items()} == {
+        "a": "failed",
+        "b": "skipped",
+        "c": "skipped",
+        "d": "success",
+    }
+    for task_id in ("b", "c"):
+        skipped = ends.outcomes[task_id]
+        assert skipped.error == "dependency 'a' failed"
+        assert (skipped.result, skipped.error_type, skipped.attempts, skipped.started) == (
+            None,
+            None,
+            0,
+            None,
+        )
+        assert skipped.finished >= ends.outcomes["a"].finished
+    # The failure is told before the tasks it blocks.
+    assert ends.events.index(("end", "a")) < ends.events.index(("progress", "b"))
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_raising_end_callback_is_logged_and_the_run_goes_on(
+    is_async: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(task: AsyncTask, outcome: TaskOutcome) -> None:
+        raise RuntimeError("listener broke")
+
+    async def broken_async(task: AsyncTask, outcome: TaskOutcome) -> None:
+        broken(task, outcome)
+
+    recorder = Recorder(fail=frozenset({"task-1"}))
+    with caplog.at_level(logging.ERROR, logger="command_handlers.engine"):
+        summary = await AsyncExecutionEngine(1).execute_parallel(
+            make_tasks(3), recorder, end_callback=broken_async if is_async else broken
+        )
+    assert (summary["success"], summary["failed"]) == (2, 1)
+    assert recorder.started == ["task-0", "task-1", "task-2"]
+    failures = [r for r in caplog.records if r.name == "command_handlers.engine"]
+    assert len(failures) == 3
+    assert all(r.exc_info and "listener broke" in str(r.exc_info[1]) for r in failures)
+
+
+async def test_a_run_cancelled_from_outside_tells_no_end_of_its_unfinished_tasks() -> None:
+    engine = AsyncExecutionEngine(2)
+    ends = Ends()
+    both_running = asyncio.Event()
+    running: list[str] = []
+
+    async def executor(task: AsyncTask) -> str:
+        if task.task_id == "task-0":
+            return "quick"
+        running.append(task.task_id)
+        if len(running) == 2:
+            both_running.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    run = asyncio.ensure_future(
+        engine.execute_parallel(make_tasks(5), executor, end_callback=ends.on_end)
+    )
+    await both_running.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert list(ends.outcomes) == ["task-0"]
+    assert engine.active_tasks == {}
+
+
+async def test_completed_and_failed_tasks_are_the_last_runs_lists() -> None:
+    engine = AsyncExecutionEngine()
+    tasks = [
+        AsyncTask("a", "x", {}),
+        AsyncTask("b", "y", {}, dependencies=["a"]),
+        AsyncTask("c", "x", {}),
+    ]
+    summary = await engine.execute_with_dependency_awareness(tasks, Recorder(fail=frozenset({"a"})))
+    assert engine.completed_tasks == [{"task_id": "c", "result": "success"}]
+    assert engine.completed_tasks == summary["results"]
+    assert engine.failed_tasks == [
+        {"task_id": "a", "agent_name": "x", "error": "a failed", "error_type": "ValueError"}
+    ]
+    assert summary["errors"][0]["attempts"] == 1  # the summary keeps its extra key
+    first_results = engine.completed_tasks
+
+    await engine.execute_parallel([AsyncTask("d", "x", {})], Recorder())
+    assert engine.completed_tasks == [{"task_id": "d", "result": "success"}]
+    assert engine.failed_tasks == []
+    assert first_results == [{"task_id": "c", "result": "success"}]  # replaced, not changed
+
+
+def test_limits_and_their_check_are_re_exported() -> None:
+    assert (MIN_CONCURRENCY, MAX_CONCURRENCY) == (1, 20)
+    assert (DEFAULT_CONCURRENCY, DEFAULT_DEPENDENCY_LIMIT) == (12, 5)
+    assert check_limit("max", 7) == 7
+    with pytest.raises(ValueError, match="max must be between 1 and 20, got 21"):
+        check_limit("max", 21)
+    with pytest.raises(TypeError, match="max must be an int"):
+        check_limit("max", 2.0)

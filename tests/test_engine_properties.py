@@ -14,6 +14,7 @@ from command_handlers.async_execution_engine import (
     AsyncTask,
     RetryPolicy,
     RunPolicy,
+    TaskOutcome,
 )
 
 
@@ -99,10 +100,18 @@ def test_random_dags_with_random_failures(
     def on_progress(task_id: str, result: Any, error: str | None) -> None:
         reported.append(task_id)
 
+    statuses: dict[str, str] = {}
+
+    def on_end(task: AsyncTask, outcome: TaskOutcome) -> None:
+        assert task.task_id not in statuses
+        statuses[task.task_id] = outcome.status
+
     engine = AsyncExecutionEngine(limit, dependency_limit=dependency_limit)
     limits = {"a": agent_limit} if agent_limit else None
     summary = asyncio.run(
-        engine.execute_with_dependency_awareness(tasks, executor, on_progress, agent_limits=limits)
+        engine.execute_with_dependency_awareness(
+            tasks, executor, on_progress, agent_limits=limits, end_callback=on_end
+        )
     )
 
     assert violations == []
@@ -112,6 +121,7 @@ def test_random_dags_with_random_failures(
         assert peak["a"] <= agent_limit
     assert summary["total"] == summary["success"] + summary["failed"] + summary["skipped"]
     expected = expected_outcomes(tasks, failing)
+    assert statuses == expected
     assert {r["id"] for r in summary["results"]} == {
         k for k, v in expected.items() if v == "success"
     }
@@ -174,6 +184,13 @@ def test_fault_injection_over_a_thousand_tasks(seed: int, fail_fast: bool) -> No
         if fate[task_id] > 0.97:
             raise RuntimeError("listener broke")
 
+    ended: list[tuple[str, TaskOutcome]] = []
+
+    async def on_end(task: AsyncTask, outcome: TaskOutcome) -> None:
+        ended.append((task.task_id, outcome))
+        if fate[task.task_id] < 0.02:
+            raise RuntimeError("end listener broke")
+
     policy = RunPolicy(
         task_timeout=0.005,
         retry=RetryPolicy(retries=1, base_delay=0.0, max_delay=0.0),
@@ -186,7 +203,9 @@ def test_fault_injection_over_a_thousand_tasks(seed: int, fail_fast: bool) -> No
         engine = AsyncExecutionEngine(12, dependency_limit=12)
         before = asyncio.all_tasks()
         run = asyncio.ensure_future(
-            engine.execute_with_dependency_awareness(tasks, executor, listener, policy=policy)
+            engine.execute_with_dependency_awareness(
+                tasks, executor, listener, policy=policy, end_callback=on_end
+            )
         )
         if cancel_after is not None:
             await asyncio.sleep(cancel_after)
@@ -202,8 +221,23 @@ def test_fault_injection_over_a_thousand_tasks(seed: int, fail_fast: bool) -> No
 
     summary = asyncio.run(scenario())
     assert len(reported) == len(set(reported))  # never reported twice
+    assert len(ended) == len({task_id for task_id, _ in ended})
+    assert {task_id for task_id, _ in ended} <= set(reported)
     if summary is None:
         return
+    statuses = [outcome.status for _, outcome in ended]
+    assert [statuses.count(s) for s in ("success", "failed", "skipped", "cancelled")] == [
+        summary["success"],
+        summary["failed"],
+        summary["skipped"],
+        summary["cancelled"],
+    ]
+    for _, outcome in ended:
+        if outcome.status == "failed":
+            assert outcome.error_type in ("ConnectionError", "TaskTimeoutError")
+            assert 1 <= outcome.attempts <= 2
+        if outcome.attempts == 0:
+            assert outcome.started is None
     assert sorted(reported) == sorted(t.task_id for t in tasks)
     outcomes = (
         [r for r in summary["results"]]

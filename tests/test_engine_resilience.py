@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from command_handlers.async_execution_engine import (
     RateLimit,
     RetryPolicy,
     RunPolicy,
+    TaskOutcome,
     TaskTimeoutError,
     is_retryable,
     retry_after,
@@ -46,6 +48,7 @@ class Log:
         self.starts: list[tuple[str, float]] = []
         self.progress: list[tuple[str, Any, Any]] = []
         self.retries: list[tuple[str, int, str, float]] = []
+        self.ends: list[tuple[str, TaskOutcome]] = []
 
     def start(self, task: AsyncTask) -> None:
         self.starts.append((task.task_id, asyncio.get_running_loop().time()))
@@ -55,6 +58,13 @@ class Log:
 
     def on_retry(self, task: AsyncTask, attempt: int, error: str, delay: float) -> None:
         self.retries.append((task.task_id, attempt, error, delay))
+
+    async def on_end(self, task: AsyncTask, outcome: TaskOutcome) -> None:
+        self.ends.append((task.task_id, outcome))
+
+    @property
+    def outcomes(self) -> dict[str, TaskOutcome]:
+        return dict(self.ends)
 
 
 async def run(
@@ -72,13 +82,29 @@ async def run(
     )
     log = log or Log()
     summary = await method(
-        tasks, executor, log.on_progress, start_callback=log.start, policy=policy
+        tasks,
+        executor,
+        log.on_progress,
+        start_callback=log.start,
+        policy=policy,
+        end_callback=log.on_end,
     )
     assert engine.active_tasks == {}
     assert summary["total"] == (
         summary["success"] + summary["failed"] + summary["skipped"] + summary["cancelled"]
     )
     assert sorted(p[0] for p in log.progress) == sorted(t.task_id for t in tasks)
+    # Exactly one outcome per task, agreeing with the summary.
+    assert sorted(task_id for task_id, _ in log.ends) == sorted(t.task_id for t in tasks)
+    statuses = [outcome.status for _, outcome in log.ends]
+    assert [statuses.count(status) for status in ("success", "failed", "skipped", "cancelled")] == [
+        summary["success"],
+        summary["failed"],
+        summary["skipped"],
+        summary["cancelled"],
+    ]
+    for error in summary["errors"]:
+        assert log.outcomes[error["task_id"]].attempts == error["attempts"]
     return summary
 
 
@@ -146,17 +172,34 @@ async def test_retryable_failures_are_tried_again_until_they_succeed() -> None:
     assert [(r[0], r[1]) for r in log.retries] == [("a", 1), ("b", 1), ("a", 2)]
     assert all(r[2].startswith(r[0]) for r in log.retries)
     assert [p for p in log.progress if p[2] is not None] == []  # reported once, as a success
+    assert {k: (o.status, o.attempts) for k, o in log.outcomes.items()} == {
+        "a": ("success", 3),
+        "b": ("success", 2),
+        "c": ("success", 1),
+    }
     assert [s[0] for s in log.starts].count("a") == 1  # the start callback hears of a task once
 
 
 async def test_retries_stop_at_the_limit_and_report_the_last_error_and_attempts() -> None:
+    log = Log()
+    before = time.time()
     summary = await run(
         tasks_of("a"),
         flaky_executor({"a": 10}),
         RunPolicy(retry=RetryPolicy(retries=2, base_delay=0.001)),
+        log,
     )
     assert summary["errors"][0]["error"] == "a attempt 3"
     assert summary["errors"][0]["attempts"] == 3
+    outcome = log.outcomes["a"]
+    assert (outcome.status, outcome.error, outcome.error_type, outcome.attempts) == (
+        "failed",
+        "a attempt 3",
+        "Flaky",
+        3,
+    )
+    assert outcome.started is not None
+    assert before <= outcome.started <= outcome.finished <= time.time()
 
 
 async def test_errors_that_are_not_retryable_fail_at_once() -> None:
@@ -316,6 +359,21 @@ async def test_fail_fast_cancels_the_rest_and_keeps_failures_apart() -> None:
     errors = {p[0]: p[2] for p in log.progress}
     assert errors["later-1"].startswith("cancelled: fail-fast")
     assert errors["bad"] == "bad"
+    outcomes = log.outcomes
+    assert (outcomes["bad"].status, outcomes["bad"].error_type) == ("failed", "ValueError")
+    for task_id in ("slow-1", "slow-2", "later-1", "later-2"):
+        assert outcomes[task_id].status == "cancelled"
+        assert outcomes[task_id].error == "fail-fast: task 'bad' failed"
+        assert outcomes[task_id].result is None
+    # The running ones had started; the others never did.
+    assert [outcomes[t].attempts for t in ("slow-1", "slow-2", "later-1", "later-2")] == [
+        1,
+        1,
+        0,
+        0,
+    ]
+    assert outcomes["slow-1"].started is not None
+    assert outcomes["later-1"].started is None
 
 
 async def test_stop_starts_nothing_new_and_lets_running_tasks_finish() -> None:
@@ -329,29 +387,71 @@ async def test_stop_starts_nothing_new_and_lets_running_tasks_finish() -> None:
         finished.append(task.task_id)
         return task.task_id
 
+    log = Log()
     summary = await run(
-        tasks_of("t0", "t1", "t2", "t3", "t4"), executor, RunPolicy(stop=stop), limit=2
+        tasks_of("t0", "t1", "t2", "t3", "t4"), executor, RunPolicy(stop=stop), log, limit=2
     )
     assert summary["success"] == 2
     assert sorted(finished) == ["t0", "t1"]
     assert {c["reason"] for c in summary["cancelled_tasks"]} == {"stopped"}
     assert summary["cancelled"] == 3
+    for task_id in ("t2", "t3", "t4"):
+        outcome = log.outcomes[task_id]
+        assert (outcome.status, outcome.error, outcome.attempts, outcome.started) == (
+            "cancelled",
+            "stopped",
+            0,
+            None,
+        )
+    assert log.outcomes["t1"].status == "success"  # running when stopped: it finished
 
 
 async def test_stop_grace_then_cancels_running_tasks() -> None:
     stop = asyncio.Event()
+    running: list[str] = []
 
     async def executor(task: AsyncTask) -> str:
-        stop.set()
+        running.append(task.task_id)
+        if len(running) == 2:
+            stop.set()
         await asyncio.Event().wait()
         return task.task_id
 
+    log = Log()
     summary = await run(
-        tasks_of("t0", "t1", "t2"), executor, RunPolicy(stop=stop, stop_grace=0.01), limit=2
+        tasks_of("t0", "t1", "t2"), executor, RunPolicy(stop=stop, stop_grace=0.01), log, limit=2
     )
     assert summary["success"] == 0
     assert summary["cancelled"] == 3
     assert summary["failed"] == 0
+    outcomes = log.outcomes
+    for task_id in ("t0", "t1"):  # running when the grace ran out
+        assert (outcomes[task_id].status, outcomes[task_id].error) == ("cancelled", "stopped")
+        assert outcomes[task_id].attempts == 1
+        assert outcomes[task_id].started is not None
+    assert (outcomes["t2"].attempts, outcomes["t2"].started) == (0, None)
+    errors = {p[0]: p[2] for p in log.progress}
+    assert errors == dict.fromkeys(["t0", "t1", "t2"], "cancelled: stopped")
+
+
+async def test_a_task_waiting_to_retry_when_stopped_counts_only_the_calls_made() -> None:
+    stop = asyncio.Event()
+    calls: list[str] = []
+
+    async def executor(task: AsyncTask) -> str:
+        calls.append(task.task_id)
+        stop.set()  # the retry's timer is far off: the stop comes first
+        raise Flaky("try later")
+
+    log = Log()
+    policy = RunPolicy(retry=RetryPolicy(retries=3, base_delay=60, max_delay=60), stop=stop)
+    policy = RunPolicy(retry=policy.retry, stop=stop, rng=random.Random(3))
+    summary = await run(tasks_of("a"), executor, policy, log)
+    assert calls == ["a"]
+    assert summary["cancelled"] == 1
+    outcome = log.outcomes["a"]
+    assert (outcome.status, outcome.error, outcome.attempts) == ("cancelled", "stopped", 1)
+    assert outcome.started is not None
 
 
 async def test_allow_failure_lets_dependents_run() -> None:
