@@ -9,7 +9,7 @@ Measures, in one run of this script:
    ``ceil(N / 12) * latency`` plus the canvas I/O of that run (reading the
    input canvas, writing the answered one with its backup), timed on the same
    files apart from the run. Target: makespan within 10 % of the bound;
-2. reading (``Canvas.load``) and writing (``canvas.save``, with and without the
+2. reading (``read_canvas``) and writing (``save_canvas``, with and without the
    ``.bak`` backup) a generated canvas of 10,000 nodes and about 10,000 edges,
    best of 5. Target: each under 100 ms.
 
@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
 
 from command_handlers import hookimpl  # noqa: E402
 from command_handlers.async_execution_engine import AsyncTask  # noqa: E402
-from command_handlers.canvas import Canvas  # noqa: E402
+from command_handlers.fileio import read_canvas, save_canvas  # noqa: E402
 from command_handlers.intelligent_parallel_handler import (  # noqa: E402
     IntelligentParallelCommandHandler,
 )
@@ -259,13 +259,13 @@ def run_command(folder: Path, notes: int, latency: float) -> dict[str, Any]:
     # canvas over a copy of the input (so the backup copies the same bytes).
     original = folder / "original.canvas"
     write_canvas(original, study_canvas(notes))
-    read = min(_timed(lambda: Canvas.load(original)) for _ in range(3))
-    answered = Canvas.load(path)
+    read = min(_timed(lambda: read_canvas(original)) for _ in range(3))
+    answered = read_canvas(path)
     scratch = folder / "scratch.canvas"
     writes = []
     for _ in range(3):
         shutil.copyfile(original, scratch)
-        writes.append(_timed(lambda: answered.save(scratch, backup=True)))
+        writes.append(_timed(lambda: save_canvas(answered, scratch, backup=True)))
     return {
         "makespan": makespan,
         "engine_seconds": result["elapsed_seconds"],
@@ -297,14 +297,14 @@ def measure_io(folder: Path, count: int, repeats: int) -> dict[str, Any]:
     data = large_canvas(count)
     write_canvas(path, data)
     size = path.stat().st_size
-    canvas = Canvas.load(path)
+    canvas = read_canvas(path)
     target = folder / "written.canvas"
-    canvas.save(target)  # exists from now on, so the default save makes a backup
+    save_canvas(canvas, target)  # exists from now on, so the default save makes a backup
     times: dict[str, list[float]] = {"read": [], "write": [], "write_no_backup": [], "to_json": []}
     for _ in range(repeats):
-        times["read"].append(_timed(lambda: Canvas.load(path)))
-        times["write"].append(_timed(lambda: canvas.save(target)))
-        times["write_no_backup"].append(_timed(lambda: canvas.save(target, backup=False)))
+        times["read"].append(_timed(lambda: read_canvas(path)))
+        times["write"].append(_timed(lambda: save_canvas(canvas, target)))
+        times["write_no_backup"].append(_timed(lambda: save_canvas(canvas, target, backup=False)))
         times["to_json"].append(_timed(canvas.to_json))
     return {
         "nodes": len(data["nodes"]),
@@ -372,9 +372,9 @@ def io_rows(io: dict[str, Any]) -> list[Row]:
     rows: list[Row] = [("operation", "canvas", "best", "target", "result", "origin")]
     what = f"{io['nodes']:,} nodes, {io['edges']:,} edges, {io['bytes'] / 1e6:.1f} MB"
     for key, label, target, origin in (
-        ("read", "read (Canvas.load)", True, "read"),
-        ("write", "write (canvas.save, with .bak)", True, "write"),
-        ("write_no_backup", "write (canvas.save, backup=False)", True, "write"),
+        ("read", "read (read_canvas)", True, "read"),
+        ("write", "write (save_canvas, with .bak)", True, "write"),
+        ("write_no_backup", "write (save_canvas, backup=False)", True, "write"),
         ("to_json", "serialise only (to_json)", False, None),
     ):
         millis = io["best"][key] * 1e3

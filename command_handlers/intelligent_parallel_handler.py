@@ -47,6 +47,7 @@ from command_handlers.default_plugins import llm_agents
 from command_handlers.default_plugins.journal import Answer as WrittenAnswer
 from command_handlers.default_plugins.journal import Journal, JournalError
 from command_handlers.default_plugins.model_router import ModelRouter
+from command_handlers.fileio import changed_on_disk, read_canvas, save_canvas
 from command_handlers.options import CommandInputError, Options, parse_color_map
 from command_handlers.plugins import (
     AsyncTask,
@@ -533,7 +534,7 @@ class IntelligentParallelCommandHandler:
         target = Path(opts.output) if opts.output else canvas.path
         assert target is not None
         assert canvas.path is not None
-        if not opts.output and canvas.changed_on_disk():
+        if not opts.output and changed_on_disk(canvas):
             self.side_file = _side_file(
                 canvas, opts, run.tasks, run.collector, "canvas changed on disk"
             )
@@ -550,7 +551,7 @@ class IntelligentParallelCommandHandler:
         replacing = _replacing(notes, known) if opts.replace else {}
         topics = {note_id: note.topic for note_id, note in notes.items()}
         write_answers(canvas, results, topics, layout, replacing)
-        return target, canvas.save(target, backup=opts.backup), ""
+        return target, save_canvas(canvas, target, backup=opts.backup), ""
 
 
 @dataclass(frozen=True)
@@ -746,7 +747,7 @@ def _mark_written(
 
 def _load(canvas_path: str | os.PathLike[str], max_bytes: int) -> Canvas:
     try:
-        return Canvas.load(canvas_path, max_bytes=max_bytes)
+        return read_canvas(canvas_path, max_bytes=max_bytes)
     except CanvasError as exc:
         raise CommandInputError(str(exc)) from exc
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
-import os
 import re
-import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,19 +16,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from command_handlers import canvas as canvas_mod
 from command_handlers.canvas import (
     MAX_DEPTH,
     Canvas,
     CanvasError,
     Rect,
+    _model,
+    _serialise,
     color_of,
     label_of,
     node_file,
     node_rect,
     node_text,
     node_type,
-    save_atomic,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -208,7 +208,26 @@ def test_canvas_from_data_keeps_the_dict_itself() -> None:
     assert canvas.data is data
     assert canvas.nodes[0] is data["nodes"][0]
     assert canvas.source_digest is None
+    assert canvas.source_size is None
+    assert canvas.path is None
     assert "nodes=6" in repr(canvas)
+
+
+def test_where_a_canvas_is_stored_is_plain_data(tmp_path: Path) -> None:
+    path = tmp_path / "never-written.canvas"
+    raw = dumps(SAMPLE).encode()
+    canvas = Canvas.from_json(raw, path=path)
+    assert canvas.path == path
+    assert not path.exists()
+    assert canvas.source_size == len(raw)
+    assert canvas.source_digest == hashlib.sha256(raw).hexdigest()
+    other = tmp_path / "other.canvas"
+    canvas.record_source(b"{}", other)
+    assert canvas.path == other
+    assert canvas.source_size == 2
+    assert canvas.source_digest == hashlib.sha256(b"{}").hexdigest()
+    assert "other.canvas" in repr(canvas)
+    assert not other.exists()
 
 
 # --------------------------------------------------------------------------- invalid input
@@ -348,86 +367,6 @@ def test_floats_in_range_are_parsed() -> None:
     assert node_rect(canvas.node("a")) == Rect(1.5, -2000.0, 250, 60)
 
 
-# --------------------------------------------------------------------------- load
-
-
-def test_load_remembers_path_and_bytes(tmp_path: Path) -> None:
-    path = tmp_path / "notes.canvas"
-    raw = dumps(SAMPLE).encode()
-    path.write_bytes(raw)
-    canvas = Canvas.load(path)
-    assert canvas.path == path
-    assert canvas.source_digest == hashlib.sha256(raw).hexdigest()
-    assert Canvas.load(str(path)).path == path
-
-
-def test_load_refuses_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(CanvasError, match=r"nope\.canvas: no such file"):
-        Canvas.load(tmp_path / "nope.canvas")
-
-
-def test_load_refuses_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(CanvasError, match="is a directory"):
-        Canvas.load(tmp_path)
-
-
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
-def test_load_refuses_a_special_file(tmp_path: Path) -> None:
-    fifo = tmp_path / "pipe.canvas"
-    os.mkfifo(fifo)
-    with pytest.raises(CanvasError, match="not a regular file"):
-        Canvas.load(fifo)
-
-
-def test_load_refuses_a_file_over_the_limit(tmp_path: Path) -> None:
-    path = tmp_path / "big.canvas"
-    path.write_bytes(b"{}" + b" " * 2000)
-    with pytest.raises(CanvasError, match="has 2,002 bytes, larger than the limit of 1,000 bytes"):
-        Canvas.load(path, max_bytes=1000)
-    assert Canvas.load(path, max_bytes=2002).to_json() == "{}"
-
-
-def test_load_refuses_a_file_that_grew_after_the_stat(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "grows.canvas"
-    path.write_bytes(b"{}" + b" " * 2000)
-    real_stat = os.stat
-
-    def small_stat(target: Any, *args: Any, **kwargs: Any) -> Any:
-        info = real_stat(target, *args, **kwargs)
-        fields = list(info)
-        fields[stat.ST_SIZE] = 2
-        return os.stat_result(fields)
-
-    monkeypatch.setattr(canvas_mod.os, "stat", small_stat)
-    with pytest.raises(CanvasError, match="the file is larger than the limit of 100 bytes"):
-        Canvas.load(path, max_bytes=100)
-
-
-def test_load_reports_unreadable_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "locked.canvas"
-    path.write_text("{}")
-
-    def refuse(*_args: Any, **_kwargs: Any) -> Any:
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(canvas_mod, "open", refuse, raising=False)
-    with pytest.raises(CanvasError, match=r"locked\.canvas: cannot read: Permission denied"):
-        Canvas.load(path)
-    monkeypatch.undo()
-    monkeypatch.setattr(canvas_mod.os, "stat", refuse)
-    with pytest.raises(CanvasError, match=r"locked\.canvas: cannot read: Permission denied"):
-        Canvas.load(path)
-
-
-def test_load_prefixes_parse_errors_with_the_path(tmp_path: Path) -> None:
-    path = tmp_path / "bad.canvas"
-    path.write_text('{"nodes": [1]}')
-    with pytest.raises(CanvasError, match=r"bad\.canvas: node 0: must be an object"):
-        Canvas.load(path)
-
-
 # --------------------------------------------------------------------------- lookups
 
 
@@ -472,7 +411,7 @@ def test_new_id_skips_ids_in_use(sample: Canvas, monkeypatch: pytest.MonkeyPatch
     sample.add_text_node("x", 0, 0, 1, 1)
     issued = sample.new_id()
     answers = iter(["n1", "e1", issued, "0123456789abcdef"])
-    monkeypatch.setattr(canvas_mod.secrets, "token_hex", lambda _n: next(answers))
+    monkeypatch.setattr(_model.secrets, "token_hex", lambda _n: next(answers))
     assert sample.new_id() == "0123456789abcdef"
 
 
@@ -535,7 +474,7 @@ def test_removed_ids_are_never_issued_again(monkeypatch: pytest.MonkeyPatch) -> 
     canvas = Canvas({"nodes": [text_node("0" * 16)], "edges": []})
     canvas.remove_nodes(["0" * 16])
     tokens = iter(["0" * 16, "1" * 16])
-    monkeypatch.setattr(canvas_mod.secrets, "token_hex", lambda n: next(tokens))
+    monkeypatch.setattr(_model.secrets, "token_hex", lambda n: next(tokens))
 
     assert canvas.new_id() == "1" * 16
 
@@ -691,7 +630,7 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(json_values)
 def test_fast_serialiser_matches_json_dumps(value: Any) -> None:
-    assert canvas_mod._dumps(value) == dumps(value)
+    assert _serialise.dumps(value) == dumps(value)
 
 
 @pytest.mark.parametrize(
@@ -713,7 +652,7 @@ def test_fast_serialiser_matches_json_dumps(value: Any) -> None:
     ],
 )
 def test_fast_serialiser_matches_json_dumps_on_edge_cases(value: Any) -> None:
-    assert canvas_mod._dumps(value) == dumps(value)
+    assert _serialise.dumps(value) == dumps(value)
 
 
 def test_to_json_escapes_lone_surrogates() -> None:
@@ -724,153 +663,60 @@ def test_to_json_escapes_lone_surrogates() -> None:
     assert Canvas.from_json(text).data["odd"] == "a\ud800b"
 
 
-# --------------------------------------------------------------------------- saving
+# --------------------------------------------------------------------------- no file I/O
+
+CANVAS_PACKAGE = Path(_model.__file__).parent
+#: Modules that read or write files; the model leaves them to command_handlers.fileio.
+FILE_MODULES = frozenset({"command_handlers.fileio", "io", "os", "shutil", "stat", "tempfile"})
 
 
-def test_save_atomic_makes_a_backup_of_the_old_bytes(tmp_path: Path) -> None:
-    target = tmp_path / "notes.canvas"
-    target.write_bytes(b"old bytes")
-    os.chmod(target, 0o640)
-    backup = save_atomic(target, "new text ✓")
-    assert backup == tmp_path / "notes.canvas.bak"
-    assert backup.read_bytes() == b"old bytes"
-    assert target.read_text(encoding="utf-8") == "new text ✓"
-    assert stat.S_IMODE(target.stat().st_mode) == 0o640
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.canvas", "notes.canvas.bak"]
-    assert save_atomic(target, b"third", backup=False) is None
-    assert backup.read_bytes() == b"old bytes"
-    assert target.read_bytes() == b"third"
+def test_importing_the_model_does_not_import_fileio() -> None:
+    code = "import sys, command_handlers.canvas; print('command_handlers.fileio' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
 
 
-def test_save_atomic_creates_a_new_file_without_backup(tmp_path: Path) -> None:
-    target = tmp_path / "new.canvas"
-    assert save_atomic(str(target), "{}") is None
-    assert target.read_text() == "{}"
-    assert not (tmp_path / "new.canvas.bak").exists()
+def test_the_model_package_does_no_file_io() -> None:
+    sources = sorted(CANVAS_PACKAGE.glob("*.py"))
+    assert {"__init__.py", "_model.py"} <= {source.name for source in sources}
+    for source in sources:
+        text = source.read_text(encoding="utf-8")
+        for needle in ("open(", "os.replace", "fsync"):
+            assert needle not in text, f"{source.name} holds {needle!r}"
+        imported = set()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+        assert not imported & FILE_MODULES, f"{source.name} imports {imported & FILE_MODULES}"
 
 
-@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
-def test_save_atomic_follows_a_symlink(tmp_path: Path) -> None:
-    real = tmp_path / "real.canvas"
-    real.write_text("old")
-    link = tmp_path / "link.canvas"
-    link.symlink_to(real)
-    backup = save_atomic(link, "new")
-    assert link.is_symlink()
-    assert real.read_text() == "new"
-    assert backup == tmp_path / "real.canvas.bak"
+def test_the_public_names_still_import() -> None:
+    import command_handlers.canvas as package
 
-
-def test_save_atomic_leaves_the_original_untouched_when_replace_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = tmp_path / "notes.canvas"
-    target.write_bytes(b"original")
-    real_replace = os.replace
-
-    def failing_replace(src: Any, dst: Any) -> None:
-        if Path(dst) == target:
-            raise OSError("disk on fire")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(canvas_mod.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk on fire"):
-        save_atomic(target, "new")
-    assert target.read_bytes() == b"original"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.canvas", "notes.canvas.bak"]
-
-
-def test_save_atomic_leaves_the_original_untouched_when_writing_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = tmp_path / "notes.canvas"
-    target.write_bytes(b"original")
-
-    def failing_fsync(_fd: int) -> None:
-        raise OSError("no space left")
-
-    monkeypatch.setattr(canvas_mod.os, "fsync", failing_fsync)
-    with pytest.raises(OSError, match="no space left"):
-        save_atomic(target, "new", backup=False)
-    assert target.read_bytes() == b"original"
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.canvas"]
-
-
-def test_save_atomic_retries_a_taken_temp_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = tmp_path / "notes.canvas"
-    (tmp_path / ".notes.canvas.aaaa.tmp").write_text("someone else's")
-    names = iter(["aaaa", "bbbb"])
-    monkeypatch.setattr(canvas_mod.secrets, "token_hex", lambda _n: next(names))
-    save_atomic(target, "new")
-    assert target.read_text() == "new"
-    assert (tmp_path / ".notes.canvas.aaaa.tmp").read_text() == "someone else's"
-
-
-def test_directory_fsync_problems_are_ignored(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_open = os.open
-
-    def no_directories(path: Any, flags: int, *args: Any) -> int:
-        if Path(path).is_dir():
-            raise PermissionError("cannot open a directory")
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(canvas_mod.os, "open", no_directories)
-    save_atomic(tmp_path / "a.canvas", "one")
-    monkeypatch.undo()
-
-    real_fsync = os.fsync
-
-    def no_directory_fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError("fsync of a directory is not supported")
-        real_fsync(fd)
-
-    monkeypatch.setattr(canvas_mod.os, "fsync", no_directory_fsync)
-    save_atomic(tmp_path / "a.canvas", "two")
-    assert (tmp_path / "a.canvas").read_text() == "two"
-
-
-def test_save_and_changed_on_disk(tmp_path: Path) -> None:
-    path = tmp_path / "notes.canvas"
-    path.write_text(dumps(SAMPLE), encoding="utf-8")
-    canvas = Canvas.load(path)
-    assert not canvas.changed_on_disk()
-    original = path.read_bytes()
-
-    path.write_bytes(original.replace(b"monad", b"MONAD"))  # same size, other bytes
-    assert canvas.changed_on_disk()
-    path.write_bytes(original + b"\n")
-    assert canvas.changed_on_disk()
-    path.write_bytes(original)
-    assert not canvas.changed_on_disk()
-    path.unlink()
-    assert canvas.changed_on_disk()
-    path.mkdir()
-    assert canvas.changed_on_disk()
-    path.rmdir()
-    path.write_bytes(original)
-
-    canvas.add_text_node("answer", 300, 0, 250, 150, color="5")
-    backup = canvas.save()
-    assert backup == tmp_path / "notes.canvas.bak"
-    assert backup.read_bytes() == original
-    assert path.read_text(encoding="utf-8") == canvas.to_json()
-    assert not canvas.changed_on_disk()
-    assert canvas.source_digest == hashlib.sha256(path.read_bytes()).hexdigest()
-
-    other = tmp_path / "copy.canvas"
-    assert canvas.save(other, backup=False) is None
-    assert canvas.path == other
-    assert Canvas.load(other).to_json() == canvas.to_json()
-
-
-def test_canvas_without_a_file() -> None:
-    canvas = Canvas.from_json("{}")
-    with pytest.raises(CanvasError, match="not loaded from or saved to a file"):
-        canvas.changed_on_disk()
-    with pytest.raises(CanvasError, match="no path to save"):
-        canvas.save()
+    assert sorted(package.__all__) == sorted(
+        [
+            "DEFAULT_MAX_BYTES",
+            "EDGE_ENDS",
+            "MAX_DEPTH",
+            "PRESET_COLORS",
+            "SIDES",
+            "Canvas",
+            "CanvasError",
+            "Edge",
+            "Node",
+            "NodeRef",
+            "Rect",
+            "color_of",
+            "label_of",
+            "node_file",
+            "node_rect",
+            "node_text",
+            "node_type",
+        ]
+    )
+    for name in package.__all__:
+        assert getattr(package, name) is not None

@@ -13,7 +13,7 @@ import pytest
 
 from command_handlers import hookimpl
 from command_handlers import intelligent_parallel_handler as handler_module
-from command_handlers.canvas import Canvas
+from command_handlers.fileio import read_canvas
 from command_handlers.intelligent_parallel_handler import (
     CommandInputError,
     IntelligentParallelCommandHandler,
@@ -155,7 +155,7 @@ def test_execute_runs_synchronously(canvas: Path) -> None:
     assert result["backup"] == str(canvas) + ".bak"
     assert result["canvas"] == str(canvas)
     assert result["echo"] is True
-    written = Canvas.load(canvas)
+    written = read_canvas(canvas)
     assert len(written.nodes) == len(canvas_data()["nodes"]) + 4
 
 
@@ -559,7 +559,7 @@ def test_inline_writes_no_document(canvas: Path) -> None:
 
     assert result["stats"]["generated_docs"] == 0
     assert result["stats"]["created_blue_nodes"] == 2
-    nodes = {node["id"]: node for node in Canvas.load(canvas).nodes}
+    nodes = {node["id"]: node for node in read_canvas(canvas).nodes}
     for task in result["results"]:
         assert "second line" in nodes[task["blue_node_id"]]["text"]
 
@@ -757,7 +757,7 @@ def test_replace_keeps_the_old_answer_when_the_new_call_fails(canvas: Path) -> N
         old_n2[k] for k in ("x", "y", "width", "height")
     ]
     assert "Answer of clarification-path for n2" in new_n2["text"]
-    ids = {node["id"] for node in Canvas.load(canvas).nodes}
+    ids = {node["id"] for node in read_canvas(canvas).nodes}
     old_file = next(r for r in result["results"] if r["node_id"] == "n2")["replaced_node_id"]
     assert old_file == old_n2["id"]
     assert old_n2["id"] not in ids

@@ -26,8 +26,8 @@ from typing import Any, Callable
 import pytest
 
 from command_handlers import cli, hookimpl
-from command_handlers.canvas import Canvas
 from command_handlers.default_plugins.progress import ProgressDisplay
+from command_handlers.fileio import read_canvas
 from command_handlers.intelligent_parallel_handler import IntelligentParallelCommandHandler
 
 NOTE_IDS = ("note-recursion", "note-closure")
@@ -116,7 +116,7 @@ def check_canvas(
     Returns:
         Note id -> its answers.
     """
-    Canvas.load(path)  # valid JSON Canvas, by the package's own model
+    read_canvas(path)  # valid JSON Canvas, by the package's own model
     data = load(path)
     # Every field survives: the unknown top-level ones and every original node and edge.
     for key, value in original.items():

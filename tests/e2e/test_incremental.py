@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
-from command_handlers.canvas import Canvas
+from command_handlers.fileio import read_canvas
 
 DEFAULT_AGENT = "clarification-path"
 NOTE_IDS = ("note-recursion", "note-closure")
@@ -178,7 +178,7 @@ def test_a_second_run_answers_only_the_new_notes(
     only_new_answers(before, after, {note: [DEFAULT_AGENT] for note in new})
     for note in (*NOTE_IDS, *new):
         assert len(answers(after, note)) == 1  # no duplicate answers
-    Canvas.load(canvas_file)
+    read_canvas(canvas_file)
     assert "2/2 notes answered" in err
     assert "2 notes skipped: already answered" in err
 
