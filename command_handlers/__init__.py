@@ -7,15 +7,46 @@ Plugin authors mark their hook implementations with :data:`hookimpl`::
     @hookimpl
     def register_executors(register):
         register("shout", shout)
+
+Programs build :class:`AsyncTask` objects and await :func:`run_tasks`. Every
+other module is internal unless its documentation says otherwise.
 """
 
 from __future__ import annotations
 
-import pluggy
-
 __version__ = "0.1.0"
 
-#: Marks a function as an implementation of one of the hooks in :mod:`command_handlers.hookspecs`.
-hookimpl = pluggy.HookimplMarker("command_handlers")
+from command_handlers.hookspecs import hookimpl
+from command_handlers.plugins import (
+    AsyncTask,
+    DependencyCycleError,
+    DuplicateAgentError,
+    PluginLoadError,
+    RateLimit,
+    RetryPolicy,
+    RunPolicy,
+    TaskOutcome,
+    TaskTimeoutError,
+    UnknownAgentError,
+    get_plugin_manager,
+    run_tasks,
+)
+from command_handlers.settings import Settings
 
-__all__ = ["__version__", "hookimpl"]
+__all__ = [
+    "AsyncTask",
+    "DependencyCycleError",
+    "DuplicateAgentError",
+    "PluginLoadError",
+    "RateLimit",
+    "RetryPolicy",
+    "RunPolicy",
+    "Settings",
+    "TaskOutcome",
+    "TaskTimeoutError",
+    "UnknownAgentError",
+    "__version__",
+    "get_plugin_manager",
+    "hookimpl",
+    "run_tasks",
+]

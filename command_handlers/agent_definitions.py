@@ -35,15 +35,22 @@ from typing import Any
 
 import yaml
 
+from command_handlers.hookspecs import TaskView
+
 __all__ = [
     "INHERIT",
     "AgentDefinition",
     "AgentDefinitionError",
+    "AgentTask",
     "bundled_agents_dir",
     "load_agent_file",
     "load_agents",
     "parse_agent_text",
+    "task_prompt",
 ]
+
+#: What an executor reads of a task.
+AgentTask = TaskView
 
 #: The ``model`` value meaning "use the run's model"; normalised to ``None``.
 INHERIT = "inherit"
@@ -326,3 +333,25 @@ def load_agents(
     for folder in folders:
         agents.update(_load_folder(folder))
     return dict(sorted(agents.items()))
+
+
+def task_prompt(task: AgentTask) -> str:
+    """Return the prompt the handler laid out for a task: ``node_data["prompt"]``.
+
+    Args:
+        task: The task.
+
+    Returns:
+        The prompt.
+
+    Raises:
+        ValueError: ``node_data`` has no ``"prompt"`` string.
+    """
+    node_data = task.node_data
+    prompt = node_data.get("prompt") if isinstance(node_data, Mapping) else None
+    if not isinstance(prompt, str):
+        raise ValueError(
+            f"task {task.task_id!r} for agent {task.agent_name!r} has no 'prompt' string"
+            " in its node_data"
+        )
+    return prompt

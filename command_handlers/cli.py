@@ -22,16 +22,28 @@ from rich.table import Table
 
 from command_handlers import __version__
 from command_handlers.config_file import ConfigError, find_config, read_config
-from command_handlers.default_plugins.progress import ProgressDisplay
-from command_handlers.intelligent_parallel_handler import (
+from command_handlers.intelligent_parallel import (
     CommandInputError,
+    CommandResult,
     IntelligentParallelCommandHandler,
 )
+from command_handlers.intelligent_parallel.options import Options
+from command_handlers.plugins import (
+    MAX_CONCURRENCY,
+    MIN_CONCURRENCY,
+    PluginLoadError,
+    check_limit,
+    get_plugin_manager,
+    list_plugins,
+)
 from command_handlers.settings import DEFAULT_COLOR_MAP
+from command_handlers.slash_command import CanvasNotFoundError, find_canvas, install_slash_command
 
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: The command's defaults, from the one place they are set.
+_DEFAULTS = Options()
 
 DESCRIPTION = """\
 Send every learner's note of an Obsidian canvas (text nodes of colour "6") to an
@@ -66,11 +78,12 @@ def _concurrency(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"must be a whole number from 1 to 20, got {text!r}"
+            f"must be a whole number from {MIN_CONCURRENCY} to {MAX_CONCURRENCY}, got {text!r}"
         ) from None
-    if not 1 <= value <= 20:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 20, got {value}")
-    return value
+    try:
+        return check_limit("N", value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _whole_number(text: str) -> int:
@@ -105,7 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("canvas_file", help="the .canvas file (JSON Canvas 1.0)")
+    parser.add_argument(
+        "canvas_file",
+        nargs="?",
+        help="the .canvas file (JSON Canvas 1.0); default: the one .canvas file of this folder",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--config",
@@ -173,11 +190,34 @@ def build_parser() -> argparse.ArgumentParser:
     agents.add_argument(
         "--timeout",
         type=_positive_seconds,
-        default=600.0,
+        default=_DEFAULTS.timeout,
         metavar="SECONDS",
-        help="time limit of one --agent-command call (default: 600)",
+        help=f"time limit of one agent call (default: {_DEFAULTS.timeout:g})",
     )
-    agents.add_argument("--no-plugins", action="store_true", help="load no installed plugins")
+
+    plugins = parser.add_argument_group("plugins")
+    plugins.add_argument(
+        "-p",
+        "--plugin",
+        dest="plugins",
+        action="append",
+        metavar="MODULE",
+        help="load this module as a plugin, by import name (repeatable); -p no:NAME disables NAME",
+    )
+    plugins.add_argument(
+        "--disable-plugin",
+        dest="disable_plugins",
+        action="append",
+        metavar="NAME",
+        help="do not load this plugin, built-in or installed (repeatable, or a,b);"
+        " also $COMMAND_HANDLERS_DISABLE_PLUGINS",
+    )
+    plugins.add_argument(
+        "--list-plugins",
+        action="store_true",
+        help="list every plugin, where it comes from, and whether it is disabled; then exit",
+    )
+    plugins.add_argument("--no-plugins", action="store_true", help="load no installed plugins")
 
     run = parser.add_argument_group("running")
     run.add_argument(
@@ -186,9 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrency",
         dest="max",
         type=_concurrency,
-        default=12,
+        default=_DEFAULTS.max,
         metavar="N",
-        help="how many agent calls at once, 1-20 (default: 12)",
+        help=f"how many agent calls at once, {MIN_CONCURRENCY}-{MAX_CONCURRENCY}"
+        f" (default: {_DEFAULTS.max})",
     )
     run.add_argument("-a", "--auto", action="store_true", help="do not ask before calling agents")
     run.add_argument(
@@ -197,24 +238,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--retries",
         type=_whole_number,
-        default=2,
+        default=_DEFAULTS.retries,
         metavar="N",
         help="try a call again up to N times after a timeout, a connection error or a"
-        " rate limit (default: 2)",
+        f" rate limit (default: {_DEFAULTS.retries})",
     )
     run.add_argument(
         "--retry-base",
         type=_positive_seconds,
-        default=1.0,
+        default=_DEFAULTS.retry_base,
         metavar="SECONDS",
-        help="first retry waits up to this long, doubling each time (default: 1)",
+        help="first retry waits up to this long, doubling each time"
+        f" (default: {_DEFAULTS.retry_base:g})",
     )
     run.add_argument(
         "--retry-cap",
         type=_positive_seconds,
-        default=30.0,
+        default=_DEFAULTS.retry_cap,
         metavar="SECONDS",
-        help="longest wait between retries (default: 30)",
+        help=f"longest wait between retries (default: {_DEFAULTS.retry_cap:g})",
     )
     run.add_argument(
         "--rate",
@@ -236,10 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--grace",
         type=_positive_seconds,
-        default=30.0,
+        default=_DEFAULTS.grace,
         metavar="SECONDS",
         help="after Ctrl-C, how long running calls may finish before they are cancelled"
-        " (default: 30)",
+        f" (default: {_DEFAULTS.grace:g})",
     )
     run.add_argument(
         "--force",
@@ -264,9 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     journal.add_argument(
         "--max-canvas-mb",
         type=_positive_seconds,
-        default=50.0,
+        default=_DEFAULTS.max_canvas_mb,
         metavar="MB",
-        help="refuse canvases larger than this (default: 50)",
+        help=f"refuse canvases larger than this (default: {_DEFAULTS.max_canvas_mb:g})",
     )
 
     out = parser.add_argument_group("writing")
@@ -294,6 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     show.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     show.add_argument("-v", "--verbose", action="store_true", help="print more detail")
+
+    claude = parser.add_argument_group("Claude Code")
+    claude.add_argument(
+        "--install-slash-command",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="write DIR/.claude/commands/intelligent-parallel.md (default DIR: this folder),"
+        " so that /intelligent-parallel runs this command in Claude Code; --force replaces"
+        " a different file",
+    )
+    claude.add_argument(
+        "--user",
+        action="store_true",
+        help="with --install-slash-command: install in ~/.claude/commands, for every project",
+    )
     return parser
 
 
@@ -319,6 +377,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "timeout": args.timeout,
         "color_map": args.color_map,
         "no_plugins": args.no_plugins,
+        "disable_plugins": args.disable_plugins,
+        "plugins": args.plugins,
+        "progress": "quiet" if args.quiet or args.dry_run else "auto",
         "retries": args.retries,
         "retry_base": args.retry_base,
         "retry_cap": args.retry_cap,
@@ -379,31 +440,31 @@ def _plural(count: int, word: str) -> str:
     return word if count == 1 else f"{word}s"
 
 
-def _print_summary(console: Console, result: Mapping[str, Any]) -> None:
-    stats = result["stats"]
+def _print_summary(console: Console, result: CommandResult) -> None:
+    stats = result.stats
     asked = stats["total_nodes"] - stats["skipped_answered"]
     docs, cards, errors = stats["generated_docs"], stats["created_blue_nodes"], stats["errors"]
     console.print(
         f"[bold]{stats['processed_nodes']}/{asked} {_plural(asked, 'note')} answered[/], "
         f"{docs} {_plural(docs, 'document')}, {cards} blue {_plural(cards, 'node')}, "
-        f"{errors} {_plural(errors, 'error')} in {result.get('elapsed_seconds', 0.0):.1f} s"
+        f"{errors} {_plural(errors, 'error')} in {result.elapsed_seconds:.1f} s"
     )
     if stats["skipped_answered"]:
         count = stats["skipped_answered"]
         console.print(
             f"{count} {_plural(count, 'note')} skipped: already answered (--force answers again)"
         )
-    for task in result["results"]:
+    for task in result.results:
         if task["status"] != "success":
             console.print(
                 f"[red]{task['status']}[/] {escape(str(task['task_id']))}:"
                 f" {escape(str(task['error']))}"
             )
-    if result.get("canvas"):
-        backup = f" (previous version: {result['backup']})" if result.get("backup") else ""
-        console.print(f"Wrote {result['canvas']}{backup}", markup=False)
-    if result.get("side_file"):
-        console.print(result["message"], style="yellow", markup=False)
+    if result.canvas:
+        backup = f" (previous version: {result.backup})" if result.backup else ""
+        console.print(f"Wrote {result.canvas}{backup}", markup=False)
+    if result.side_file:
+        console.print(result.message, style="yellow", markup=False)
 
 
 def _confirm(console: Console) -> Any:
@@ -425,24 +486,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    config = find_config(args.config, args.canvas_file)
+    if args.list_plugins:
+        return _list_plugins(args)
+    if args.install_slash_command is not None:
+        return _install(parser, args)
+    if args.user:
+        parser.error("--user goes with --install-slash-command")
+    canvas_file = args.canvas_file
+    if canvas_file is None:
+        try:
+            canvas_file = str(find_canvas(Path()))
+        except CanvasNotFoundError as exc:
+            _error(exc)
+            return EXIT_BAD_INPUT
+    args.canvas_file = canvas_file
+    config = find_config(args.config, canvas_file)
     if config is not None:
         try:
             parser.set_defaults(**read_config(config, vars(args)))
         except ConfigError as exc:
-            Console(stderr=True).print(
-                f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-            )
+            _error(exc)
             return EXIT_BAD_INPUT
         args = parser.parse_args(argv)
+        args.canvas_file = canvas_file
     console = Console(stderr=True, quiet=args.quiet)
     interactive = sys.stdin.isatty() and console.is_terminal and not args.json
-    display = ProgressDisplay(
-        console, mode="quiet" if args.quiet or args.dry_run else "auto", verbose=args.verbose
-    )
-    handler = IntelligentParallelCommandHandler(
-        plugins=[display], confirm=_confirm(console) if interactive else None
-    )
+    handler = IntelligentParallelCommandHandler(confirm=_confirm(console) if interactive else None)
     try:
         _check_report(args.report)
         result = asyncio.run(_run_with_signals(handler, console, args))
@@ -452,7 +521,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, asyncio.CancelledError):
-        display.close()
         where = f"; finished answers saved to {handler.side_file}" if handler.side_file else ""
         print(
             f"\nInterrupted: the canvas was not changed{where}."
@@ -460,14 +528,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    finally:
-        display.close()
     return _finish(console, args, result)
+
+
+def _error(exc: Exception) -> None:
+    Console(stderr=True).print(
+        f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+    )
+
+
+def _list_plugins(args: argparse.Namespace) -> int:
+    """Print one line per plugin: name, where it came from, module (--list-plugins)."""
+    try:
+        pm = get_plugin_manager(
+            load_entry_points=not args.no_plugins,
+            disabled=args.disable_plugins or (),
+            plugins=args.plugins or (),
+        )
+    except PluginLoadError as exc:
+        _error(exc)
+        return EXIT_BAD_INPUT
+    for info in list_plugins(pm):
+        print(info.line())
+    return EXIT_OK
+
+
+def _install(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Write the Claude Code command file (--install-slash-command [DIR] [--user] [--force])."""
+    if args.canvas_file is not None:
+        parser.error("--install-slash-command takes a folder, not a canvas file")
+    if args.user and args.install_slash_command:
+        parser.error("--install-slash-command DIR and --user: give one")
+    folder = Path(args.install_slash_command) if args.install_slash_command else None
+    try:
+        result = install_slash_command(folder, user=args.user, force=args.force)
+    except (ValueError, OSError) as exc:  # SlashCommandExistsError is a ValueError
+        _error(exc)
+        return EXIT_BAD_INPUT
+    print(result.message)
+    return EXIT_OK
 
 
 async def _run_with_signals(
     handler: IntelligentParallelCommandHandler, console: Console, args: argparse.Namespace
-) -> dict[str, Any]:
+) -> CommandResult:
     """Run the handler; the first Ctrl-C stops gently, the second at once."""
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -510,36 +614,35 @@ def _check_report(report: str | None) -> None:
         )
 
 
-def _finish(console: Console, args: argparse.Namespace, result: Mapping[str, Any]) -> int:
-    if "stats" not in result:  # nothing selected
-        console.print(f"{result['message']}: nothing to do.")
+def _finish(console: Console, args: argparse.Namespace, result: CommandResult) -> int:
+    if result.kind == "nothing-selected":
+        console.print(f"{result.message}: nothing to do.")
         return EXIT_OK
-    if result.get("echo") and not result.get("up_to_date"):
-        console.print(
-            "[yellow]No model configured: answers are echoes of the prompts."
-            " Use --model (see `llm models`) for real answers.[/]"
-        )
-    if result.get("dry_run"):
-        print_plan(console, result["plan"])
+    if result.kind != "up-to-date":
+        for notice in result.notices:
+            console.print(f"[yellow]{escape(notice)}[/]", soft_wrap=True)
+    if result.kind == "dry-run":
+        assert result.plan is not None
+        print_plan(console, result.plan)
         console.print("Dry run: nothing was called or written.")
         return EXIT_OK
-    if "report" not in result:  # the user declined
-        console.print(result["message"])
+    if result.kind == "declined":
+        console.print(result.message)
         return EXIT_OK
     if args.report:
         Path(args.report).write_text(
-            json.dumps(result["report"], indent=2, ensure_ascii=False), encoding="utf-8"
+            json.dumps(result.report, indent=2, ensure_ascii=False), encoding="utf-8"
         )
     if args.json:
-        print(json.dumps(result["report"], indent=2, ensure_ascii=False))
-    if result.get("up_to_date"):  # every selected note already answered
-        console.print(result["message"], markup=False, soft_wrap=True)
+        print(json.dumps(result.report, indent=2, ensure_ascii=False))
+    if result.kind == "up-to-date":
+        console.print(result.message, markup=False, soft_wrap=True)
         return EXIT_OK
     _print_summary(console, result)
-    if result.get("interrupted"):
-        console.print(f"[yellow]{escape(result['message'])}[/]", soft_wrap=True)
+    if result.interrupted:
+        console.print(f"[yellow]{escape(result.message)}[/]", soft_wrap=True)
         return EXIT_INTERRUPTED
-    return EXIT_OK if result["success"] else EXIT_FAILED
+    return EXIT_OK if result.success else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

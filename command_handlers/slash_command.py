@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from command_handlers.canvas import save_atomic
+from command_handlers.fileio import save_atomic
 
 __all__ = [
     "COMMAND_FILE_NAME",

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from command_handlers.answered import (
+from command_handlers.canvas import Canvas
+from command_handlers.intelligent_parallel.answered import (
     ANSWERED,
     CHANGED,
     FORCED,
@@ -17,7 +18,6 @@ from command_handlers.answered import (
     decide,
     find_answers,
 )
-from command_handlers.canvas import Canvas
 
 AGENTS = ("clarify", "anchor")
 

@@ -21,9 +21,10 @@ from command_handlers.default_plugins.command_agent import (
     AgentCommandTimeoutError,
     CommandAgentExecutor,
     build_stdin,
+    check_settings,
     register_executors,
 )
-from command_handlers.plugins import AsyncTask, get_plugin_manager, run_tasks
+from command_handlers.plugins import AsyncTask, collect_executors, get_plugin_manager, run_tasks
 from command_handlers.settings import Settings
 
 BUNDLED = load_agents()
@@ -121,7 +122,10 @@ def test_registers_one_executor_per_agent(tmp_path: Path) -> None:
     assert sorted(found) == sorted(BUNDLED)
     for name, (executor, kwargs) in found.items():
         assert isinstance(executor, CommandAgentExecutor)
-        assert kwargs == {"description": BUNDLED[name].description}
+        assert kwargs == {
+            "description": BUNDLED[name].description,
+            "fingerprint": shlex.join(argv),
+        }
         assert executor.argv == argv
         assert executor.timeout == 12.5
         assert executor.agent == BUNDLED[name]
@@ -264,3 +268,35 @@ async def test_through_the_plugin_manager_and_run_tasks(tmp_path: Path) -> None:
     assert by_agent["memory-anchor"]["stdin"].endswith("\n---\nfirst")
     assert by_agent["oral-explanation"]["agent"] == "oral-explanation"
     assert {result["model"] for result in summary["results"]} == {shlex.join(argv)}
+
+
+def test_the_fingerprint_is_the_command_line(tmp_path: Path) -> None:
+    argv = script(tmp_path, ECHO_SCRIPT, "--flag", "two words")
+    registry = collect_executors(
+        get_plugin_manager(load_entry_points=False), Settings(agent_command=argv)
+    )
+    assert {registry.fingerprint(name) for name in BUNDLED} == {shlex.join(argv)}
+    assert "'two words'" in registry.fingerprint("memory-anchor")
+
+
+def test_check_settings_accepts_a_program_that_exists(tmp_path: Path) -> None:
+    assert check_settings(Settings()) is None
+    assert check_settings(Settings(agent_command=script(tmp_path, ECHO_SCRIPT))) is None
+    assert check_settings(Settings(agent_command=(Path(sys.executable).name, "-c", "1"))) is None
+
+
+def test_check_settings_refuses_a_program_not_on_path(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"agent command 'no-such-agent-program' not found"):
+        check_settings(Settings(agent_command=("no-such-agent-program", "-p")))
+    missing = str(tmp_path / "missing-program")
+    with pytest.raises(ValueError, match="not found"):
+        check_settings(Settings(agent_command=(missing,)))
+
+
+def test_check_settings_through_the_hook_refuses_before_any_call(tmp_path: Path) -> None:
+    pm = get_plugin_manager(load_entry_points=False)
+    with pytest.raises(ValueError, match="no such program on PATH"):
+        pm.hook.check_settings(settings=Settings(agent_command=("no-such-agent-program",)))
+    # with a command answering, llm-agents says nothing about the echo model
+    argv = script(tmp_path, ECHO_SCRIPT)
+    assert pm.hook.check_settings(settings=Settings(agent_command=argv)) == []

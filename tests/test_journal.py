@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,11 +25,23 @@ from command_handlers.default_plugins.journal import (
     Answer,
     Journal,
     JournalError,
+    JournalPlugin,
     Outcome,
 )
-from command_handlers.plugins import AsyncTask, get_plugin_manager, run_tasks
+from command_handlers.hookspecs import WrittenAnswer
+from command_handlers.plugins import (
+    AsyncTask,
+    RetryPolicy,
+    RunPolicy,
+    TaskOutcome,
+    get_plugin_manager,
+    run_tasks,
+)
+from command_handlers.settings import Settings
 
 ZERO_COUNTS = dict.fromkeys(STATUSES, 0)
+#: A subprocess of this module is killed after this many seconds.
+SUBPROCESS_TIMEOUT = 60
 
 
 class Clock:
@@ -73,14 +87,45 @@ def answer(text: str) -> dict[str, str]:
     return {"text": text, "agent": "oral", "model": "echo"}
 
 
-def succeed(journal: Journal, item: SimpleNamespace, text: str = "fine") -> None:
-    journal.on_task_start(item)
-    journal.on_task_progress(item.task_id, answer(text), None)
+def ended(
+    status: str = "success",
+    result: Any = None,
+    error: str | None = None,
+    *,
+    attempts: int | None = None,
+    started: float | None = 1.0,
+    finished: float = 2.0,
+    cached: bool = False,
+) -> TaskOutcome:
+    """An outcome as the engine hands it to ``on_task_end``."""
+    ran = status in ("success", "failed")
+    return TaskOutcome(
+        status=status,
+        result=result,
+        error=error,
+        error_type="RuntimeError" if status == "failed" else None,
+        attempts=(1 if ran else 0) if attempts is None else attempts,
+        started=started if ran else None,
+        finished=finished,
+        cached=cached,
+    )
 
 
-def fail(journal: Journal, item: SimpleNamespace, error: str = "RuntimeError: refused") -> None:
+def succeed(
+    journal: Journal, item: SimpleNamespace, text: str = "fine", *, attempts: int = 1
+) -> None:
     journal.on_task_start(item)
-    journal.on_task_progress(item.task_id, None, error)
+    journal.on_task_end(item, ended("success", answer(text), attempts=attempts))
+
+
+def fail(journal: Journal, item: SimpleNamespace, error: str = "refused") -> None:
+    journal.on_task_start(item)
+    journal.on_task_end(item, ended("failed", error=error))
+
+
+def skip(journal: Journal, item: SimpleNamespace, blocker: str = "t0") -> None:
+    """A task skipped because a dependency failed: it never started."""
+    journal.on_task_end(item, ended("skipped", error=f"dependency {blocker!r} failed"))
 
 
 # -- the file ------------------------------------------------------------------------
@@ -207,8 +252,10 @@ def test_a_run_without_a_canvas(tmp_path: Path) -> None:
 
 def test_a_success_is_committed_with_everything(journal: Journal, clock: Clock) -> None:
     journal.on_run_start(run_info())
-    journal.on_task_start(task("t1", "n1", input_hash="h1"))
-    journal.on_task_progress("t1", answer("Hello"), None)
+    item = task("t1", "n1", input_hash="h1")
+    journal.on_task_start(item)
+    # the times and the attempts are the outcome's, not the journal's clock
+    journal.on_task_end(item, ended("success", answer("Hello"), started=1500.0, finished=1502.5))
     # committed: another connection sees it at once
     other = sqlite3.connect(journal.path)
     try:
@@ -227,8 +274,8 @@ def test_a_success_is_committed_with_everything(journal: Journal, clock: Clock) 
         result=answer("Hello"),
         error=None,
         attempts=1,
-        started_at=1002.0,
-        finished_at=1003.0,
+        started_at=1500.0,
+        finished_at=1502.5,
         answer_node_id=None,
         file_node_id=None,
         written_at=None,
@@ -237,20 +284,19 @@ def test_a_success_is_committed_with_everything(journal: Journal, clock: Clock) 
 
 def test_a_failure_keeps_the_error_and_no_result(journal: Journal) -> None:
     journal.on_run_start(run_info())
-    fail(journal, task("t1", "n1", input_hash="h1"), "TimeoutError: no answer in 60s")
+    fail(journal, task("t1", "n1", input_hash="h1"), "no answer in 60s")
     (outcome,) = journal.outcomes()
     assert outcome.status == "failed"
-    assert outcome.error == "TimeoutError: no answer in 60s"
+    assert outcome.error == "no answer in 60s"
     assert outcome.result is None
     assert outcome.started_at is not None
 
 
-def test_a_skipped_task_known_from_expect(journal: Journal) -> None:
+def test_a_skipped_task_is_recorded_with_its_note_agent_and_input_hash(journal: Journal) -> None:
     journal.on_run_start(run_info())
     first, second = task("t1", "n1", input_hash="h1"), task("t2", "n2", "clarify", "h2")
-    journal.expect([first, second])
     fail(journal, first)
-    journal.on_task_progress("t2", None, "skipped: dependency 't1' failed")
+    skip(journal, second, blocker="t1")  # never started: known from on_task_end alone
     skipped = journal.outcomes()[1]
     assert (skipped.status, skipped.note_id, skipped.agent, skipped.input_hash) == (
         "skipped",
@@ -259,26 +305,74 @@ def test_a_skipped_task_known_from_expect(journal: Journal) -> None:
         "h2",
     )
     assert skipped.started_at is None
-    assert skipped.error == "skipped: dependency 't1' failed"
+    assert skipped.attempts == 0
+    assert skipped.error == "dependency 't1' failed"
+    assert skipped.result is None
     assert journal.outcome_counts() == {**ZERO_COUNTS, "failed": 1, "skipped": 1}
 
 
-def test_an_unknown_task_is_still_recorded(journal: Journal) -> None:
-    journal.on_task_progress("ghost", {"text": "?"}, None)
+MISLEADING_ERRORS = {
+    "success": None,
+    "failed": "skipped: cancelled: looks like a skip",
+    "skipped": "cancelled: dependency 'x' failed",
+    "cancelled": "skipped: fail-fast: task 'x' failed",
+}
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_the_status_is_the_outcomes_never_read_from_the_error(
+    journal: Journal, status: str
+) -> None:
+    # An error text that looks like another status changes nothing.
+    error = MISLEADING_ERRORS[status]
+    result = answer("ok") if status == "success" else None
+    journal.on_task_end(task("t1", "n1", input_hash="h1"), ended(status, result, error))
+    (outcome,) = journal.outcomes()
+    assert outcome.status == status
+    assert outcome.error == error
+
+
+def test_a_cancelled_outcome_keeps_its_reason(journal: Journal) -> None:
+    item = task("t1", "n1", input_hash="h1")
+    journal.on_task_start(item)
+    journal.on_task_end(item, ended("cancelled", error="fail-fast: task 'x' failed"))
+    (outcome,) = journal.outcomes()
+    assert (outcome.status, outcome.error, outcome.result) == (
+        "cancelled",
+        "fail-fast: task 'x' failed",
+        None,
+    )
+    assert journal.record_cancelled() == 0  # it ended: not in flight any more
+
+
+def test_a_task_never_started_is_still_recorded_with_its_identity(journal: Journal) -> None:
+    ghost = task("ghost", "n9", input_hash="h9")
+    journal.on_task_end(ghost, ended("success", {"text": "?"}, started=None))
     (outcome,) = journal.outcomes()
     assert (outcome.run_id, outcome.task_id, outcome.note_id, outcome.agent) == (
         None,
         "ghost",
-        None,
-        None,
+        "n9",
+        "oral",
     )
-    assert outcome.input_hash is None
+    assert outcome.input_hash == "h9"
     assert outcome.started_at is None
 
 
+def test_a_task_without_note_or_hash_is_recorded_with_nulls(journal: Journal) -> None:
+    journal.on_task_end(task("bare"), ended("success", {"text": "?"}))
+    (outcome,) = journal.outcomes()
+    assert (outcome.task_id, outcome.note_id, outcome.agent, outcome.input_hash) == (
+        "bare",
+        None,
+        "oral",
+        None,
+    )
+
+
 def test_a_result_json_cannot_hold_is_kept_as_text(journal: Journal) -> None:
-    journal.on_task_progress("t1", {"text": "hi", "path": Path("a/b.md")}, None)
-    journal.on_task_progress("t2", "just text", None)
+    journal.on_task_end(task("t1"), ended("success", {"text": "hi", "path": Path("a/b.md")}))
+    journal.on_task_end(task("t2"), ended("success", "just text"))
     assert [o.result for o in journal.outcomes()] == [
         {"text": "hi", "path": str(Path("a/b.md"))},
         "just text",
@@ -291,34 +385,35 @@ def test_non_string_identity_values_are_stored_as_text(journal: Journal) -> None
     assert journal.outcomes()[0].note_id == "42"
 
 
-def test_record_attempts_counts_the_next_outcome_only(journal: Journal) -> None:
-    journal.record_attempts("t1", 3)
+def test_attempts_come_from_each_outcome(journal: Journal) -> None:
+    succeed(journal, task("t1"), attempts=3)
     succeed(journal, task("t1"))
-    succeed(journal, task("t1"))
-    assert [o.attempts for o in journal.outcomes()] == [3, 1]
+    journal.on_task_end(task("t2"), ended("failed", error="down", attempts=4))
+    journal.on_task_end(task("t3"), ended("success", answer("cached"), attempts=0, cached=True))
+    assert [o.attempts for o in journal.outcomes()] == [3, 1, 4, 0]
 
 
-@pytest.mark.parametrize("bad", [0, -1, True, 2.0, "2"])
-def test_record_attempts_refuses_what_is_not_a_positive_int(journal: Journal, bad: Any) -> None:
-    with pytest.raises(ValueError, match="positive int"):
-        journal.record_attempts("t1", bad)
-
-
-def test_record_cancelled_records_the_tasks_in_flight(journal: Journal) -> None:
+def test_record_cancelled_records_the_tasks_in_flight(journal: Journal, clock: Clock) -> None:
     journal.on_run_start(run_info())
     journal.on_task_start(task("t1", "n1", input_hash="h1"))
     journal.on_task_start(task("t2", "n2", input_hash="h2"))
-    journal.record_attempts("t2", 2)
-    journal.on_task_progress("t1", answer("done"), None)
+    journal.on_task_end(task("t1", "n1", input_hash="h1"), ended("success", answer("done")))
     assert journal.record_cancelled() == 1
     assert journal.record_cancelled() == 0
     cancelled = journal.outcomes()[1]
-    assert (cancelled.task_id, cancelled.note_id, cancelled.input_hash) == ("t2", "n2", "h2")
+    assert (cancelled.task_id, cancelled.note_id, cancelled.agent, cancelled.input_hash) == (
+        "t2",
+        "n2",
+        "oral",
+        "h2",
+    )
     assert cancelled.status == "cancelled"
-    assert cancelled.attempts == 2
-    assert cancelled.started_at is not None
+    assert cancelled.attempts == 1
+    assert cancelled.started_at == 1003.0  # when on_task_start heard it
+    assert cancelled.finished_at > cancelled.started_at
+    assert cancelled.result is None
     assert cancelled.error is not None
-    assert cancelled.error.startswith("cancelled")
+    assert "interrupted" in cancelled.error
     assert journal.outcome_counts("r1") == {**ZERO_COUNTS, "success": 1, "cancelled": 1}
 
 
@@ -339,8 +434,8 @@ def test_cached_result_misses_another_hash_or_none(journal: Journal) -> None:
 def test_cached_result_ignores_failures_and_skips(journal: Journal) -> None:
     item = task("t1", "n1", input_hash="h1")
     fail(journal, item)
-    journal.expect([item])
-    journal.on_task_progress("t1", None, "skipped: dependency 't0' failed")
+    skip(journal, item)
+    journal.on_task_end(item, ended("cancelled", error="stopped"))
     assert journal.cached_result(item) is None
     succeed(journal, item, "at last")
     fail(journal, item)  # a later failure does not hide the success
@@ -354,8 +449,7 @@ def test_cached_result_the_newest_success_wins(journal: Journal) -> None:
 
 
 def test_cached_result_of_a_result_that_is_not_a_dict_is_none(journal: Journal) -> None:
-    journal.expect([task("t1", "n1", input_hash="h1")])
-    journal.on_task_progress("t1", "plain text", None)
+    journal.on_task_end(task("t1", "n1", input_hash="h1"), ended("success", "plain text"))
     assert journal.cached_result(task("t1", "n1", input_hash="h1")) is None
 
 
@@ -394,7 +488,7 @@ def test_written_answers_lists_every_written_answer_with_its_text(
     succeed(journal, task("t2", "n2", agent="clarify", input_hash="h2"), "v2")
     item = task("t3", "n3", input_hash="h3")
     journal.on_task_start(item)
-    journal.on_task_progress("t3", "a bare string", None)
+    journal.on_task_end(item, ended("success", "a bare string"))
     succeed(journal, task("t4", "n4", input_hash="h4"), "never written")
     journal.mark_written("h2", "n2", "clarify", "card-2", "file-2")
     journal.mark_written("h1", "n1", "oral", "card-1", None)
@@ -414,7 +508,7 @@ def test_written_answers_lists_every_written_answer_with_its_text(
 def test_a_written_answer_without_text(journal: Journal) -> None:
     item = task("t1", "n1", input_hash="h1")
     journal.on_task_start(item)
-    journal.on_task_progress("t1", {"model": "m"}, None)
+    journal.on_task_end(item, ended("success", {"model": "m"}))
     journal.mark_written("h1", "n1", "oral", "card", None)
 
     (written,) = journal.written_answers()
@@ -459,7 +553,7 @@ def test_unwritten_successes(journal: Journal) -> None:
     succeed(journal, task("b", "n2", input_hash="h2"), "b")
     succeed(journal, task("c", "n3", input_hash="h3"), "c-old")
     fail(journal, task("d", "n4", input_hash="h4"))
-    journal.on_task_progress("no-hash", answer("x"), None)
+    journal.on_task_end(task("no-hash"), ended("success", answer("x")))
     journal.mark_written("h2", "n2", "oral", "card-b", None)
     succeed(journal, task("c", "n3", input_hash="h3"), "c-new")
     journal.mark_written("h3", "n3", "oral", "card-c", None)  # marks c-new: c-old is older
@@ -489,6 +583,7 @@ WRITER = textwrap.dedent(
     import sys
     from types import SimpleNamespace
     from command_handlers.default_plugins.journal import Journal
+    from command_handlers.plugins import TaskOutcome
 
     journal = Journal(sys.argv[1])
     journal.on_run_start(SimpleNamespace(run_id="doomed", task_count=10**9))
@@ -499,7 +594,11 @@ WRITER = textwrap.dedent(
             node_data={"note_id": f"n{i}", "input_hash": f"h{i}"},
         )
         journal.on_task_start(item)
-        journal.on_task_progress(item.task_id, {"text": "x" * 2000, "i": i}, None)
+        outcome = TaskOutcome(
+            status="success", result={"text": "x" * 2000, "i": i}, error=None,
+            error_type=None, attempts=1, started=i, finished=i,
+        )
+        journal.on_task_end(item, outcome)
         print(i + 1, flush=True)
         i += 1
     """
@@ -515,6 +614,9 @@ def test_kill_9_between_outcomes_loses_nothing_committed(tmp_path: Path) -> None
         text=True,
     )
     printed = 0
+    # A child that hangs without printing is killed: readline() then returns "".
+    watchdog = threading.Timer(SUBPROCESS_TIMEOUT, child.kill)
+    watchdog.start()
     try:
         assert child.stdout is not None
         while printed < 50:
@@ -523,9 +625,10 @@ def test_kill_9_between_outcomes_loses_nothing_committed(tmp_path: Path) -> None
                 break
             printed = int(line)
     finally:
+        watchdog.cancel()
         os.kill(child.pid, signal.SIGKILL)
-        _, stderr = child.communicate()
-    assert child.returncode == -signal.SIGKILL
+        _, stderr = child.communicate(timeout=SUBPROCESS_TIMEOUT)
+    assert child.returncode == -signal.SIGKILL, stderr
     assert printed >= 50, stderr
     with Journal(path) as journal:
         assert journal._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -545,7 +648,7 @@ def test_kill_9_between_outcomes_loses_nothing_committed(tmp_path: Path) -> None
 
 
 class EchoPlugin:
-    """Registers ``echo-agent``, which answers the prompt, or fails on ``"boom"``."""
+    """Registers ``echo-agent``: answers the prompt, fails on ``"boom"``, flakes on ``"flaky"``."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
@@ -557,6 +660,8 @@ class EchoPlugin:
             prompt = task.node_data["prompt"]
             if prompt == "boom":
                 raise RuntimeError("model refused")
+            if prompt == "flaky" and self.calls.count(task.task_id) < 3:
+                raise ConnectionError("connection reset")
             return {"text": prompt.upper(), "agent": task.agent_name, "model": "echo"}
 
         register("echo-agent", executor)
@@ -567,24 +672,30 @@ def note_task(task_id: str, prompt: str, dependencies: list[str] | None = None) 
     return AsyncTask(task_id, "echo-agent", data, dependencies=dependencies)
 
 
+def journal_manager() -> Any:
+    """A manager with the engine and the echo agent, but none of the built-in agents."""
+    pm = get_plugin_manager(load_entry_points=False, disabled=["llm-agents", "command-agent"])
+    return pm
+
+
 async def test_through_the_plugin_layer(tmp_path: Path) -> None:
-    pm = get_plugin_manager(load_entry_points=False)
+    pm = journal_manager()
     echo = EchoPlugin()
     pm.register(echo, name="echo")
     journal = Journal(tmp_path / "j.sqlite", canvas=tmp_path / "notes.canvas")
-    pm.register(journal, name="journal")
+    pm.register(journal, name="journal-file")
     try:
         tasks = [
             note_task("a", "hello"),
             note_task("b", "boom"),
             note_task("c", "after boom", dependencies=["b"]),
         ]
-        journal.expect(tasks)
         summary = await run_tasks(tasks, pm=pm, dependency_aware=True)
         assert (summary["success"], summary["failed"], summary["skipped"]) == (1, 1, 1)
         run_id = journal.run_id
         assert run_id is not None
         rows = {o.task_id: o for o in journal.outcomes(run_id)}
+        # the skipped task never started, yet its note, agent and input hash are recorded
         assert {t: (o.status, o.note_id, o.agent, o.input_hash) for t, o in rows.items()} == {
             "a": ("success", "note-a", "echo-agent", "hash-hello"),
             "b": ("failed", "note-b", "echo-agent", "hash-boom"),
@@ -592,7 +703,11 @@ async def test_through_the_plugin_layer(tmp_path: Path) -> None:
         }
         assert rows["a"].result == {"text": "HELLO", "agent": "echo-agent", "model": "echo"}
         assert rows["b"].error == "model refused"
+        assert rows["c"].error == "dependency 'b' failed"
+        assert [rows[t].attempts for t in "abc"] == [1, 1, 0]
         assert rows["c"].started_at is None
+        assert rows["a"].started_at is not None
+        assert rows["a"].started_at <= rows["a"].finished_at
         # the next run asks the hook before paying again
         again = note_task("a2", "hello")
         assert pm.hook.cached_result(task=again) == rows["a"].result
@@ -603,11 +718,42 @@ async def test_through_the_plugin_layer(tmp_path: Path) -> None:
         journal.close()
 
 
+async def test_the_attempts_of_a_retried_task_come_from_its_outcome(tmp_path: Path) -> None:
+    pm = journal_manager()
+    echo = EchoPlugin()
+    pm.register(echo, name="echo")
+    with Journal(tmp_path / "j.sqlite") as journal:
+        pm.register(journal, name="journal-file")
+        policy = RunPolicy(retry=RetryPolicy(retries=3, base_delay=0.0))
+        summary = await run_tasks(
+            [note_task("f", "flaky"), note_task("g", "fine")], pm=pm, policy=policy
+        )
+        assert summary["success"] == 2
+        rows = {o.task_id: o for o in journal.outcomes()}
+    assert echo.calls.count("f") == 3
+    assert (rows["f"].status, rows["f"].attempts) == ("success", 3)
+    assert (rows["g"].status, rows["g"].attempts) == ("success", 1)
+
+
+async def test_cancelled_tasks_are_recorded_with_their_reason(tmp_path: Path) -> None:
+    pm = journal_manager()
+    pm.register(EchoPlugin(), name="echo")
+    with Journal(tmp_path / "j.sqlite") as journal:
+        pm.register(journal, name="journal-file")
+        tasks = [note_task("b", "boom"), note_task("x", "later"), note_task("y", "later too")]
+        await run_tasks(tasks, pm=pm, max_concurrency=1, policy=RunPolicy(fail_fast=True))
+        rows = {o.task_id: o for o in journal.outcomes()}
+    assert rows["b"].status == "failed"
+    assert {t: (rows[t].status, rows[t].error) for t in ("x", "y")} == {
+        "x": ("cancelled", "fail-fast: task 'b' failed"),
+        "y": ("cancelled", "fail-fast: task 'b' failed"),
+    }
+    assert rows["x"].note_id == "note-x"
+
+
 async def test_an_answer_served_from_the_journal_is_recorded_as_costing_no_call(
     tmp_path: Path,
 ) -> None:
-    from command_handlers.plugins import AsyncTask, get_plugin_manager, run_tasks
-
     calls: list[str] = []
 
     class Agent:
@@ -636,10 +782,150 @@ async def test_an_answer_served_from_the_journal_is_recorded_as_costing_no_call(
             pm.unregister(name=name)
         pm.register(Agent())
         journal = Journal(tmp_path / "j.sqlite")
-        pm.register(journal, name="journal")
-        journal.expect(tasks())
+        pm.register(journal, name="journal-file")
         await run_tasks(tasks(), pm=pm, use_cache=True, dependency_aware=True)
         rows = journal.outcomes()
         journal.close()
     assert calls == ["t", "u"]  # the second run paid for nothing
     assert [(r.task_id, r.attempts) for r in rows] == [("t", 1), ("u", 1), ("t", 0), ("u", 0)]
+    assert [r.status for r in rows] == ["success"] * 4
+
+
+# -- on_canvas_written ---------------------------------------------------------------
+
+
+def written(
+    note_id: str, input_hash: str, card: str, agent: str = "oral", file_node: str | None = None
+) -> WrittenAnswer:
+    return WrittenAnswer(
+        task_id=f"{note_id}:{agent}",
+        note_id=note_id,
+        agent=agent,
+        input_hash=input_hash,
+        answer_node_id=card,
+        file_node_id=file_node,
+    )
+
+
+def test_on_canvas_written_marks_every_answer(journal: Journal, tmp_path: Path) -> None:
+    succeed(journal, task("t1", "n1", input_hash="h1"), "v1")
+    succeed(journal, task("t2", "n2", agent="clarify", input_hash="h2"), "v2")
+    journal.on_canvas_written(
+        [
+            written("n1", "h1", "card-1", file_node="file-1"),
+            written("n2", "h2", "card-2", "clarify"),
+        ]
+    )
+    assert [(a.note_id, a.answer_node_id, a.file_node_id) for a in journal.written_answers()] == [
+        ("n1", "card-1", "file-1"),
+        ("n2", "card-2", None),
+    ]
+    assert journal.unwritten_successes() == []
+
+
+def test_an_answer_no_outcome_answered_is_logged_not_raised(
+    journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    succeed(journal, task("t1", "n1", input_hash="h1"), "v1")
+    with caplog.at_level(logging.WARNING, logger="command_handlers.journal"):
+        journal.on_canvas_written([written("n9", "nowhere", "card-9"), written("n1", "h1", "c1")])
+    assert [a.answer_node_id for a in journal.written_answers()] == ["c1"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "command_handlers.journal"]
+    assert len(messages) == 1
+    assert "'nowhere'" in messages[0]
+
+
+def test_mark_all_written_is_one_transaction(journal: Journal) -> None:
+    succeed(journal, task("t1", "n1", input_hash="h1"))
+    succeed(journal, task("t2", "n2", input_hash="h2"))
+    statements: list[str] = []
+    journal._conn.set_trace_callback(statements.append)
+    journal.mark_all_written([written("n1", "h1", "c1"), written("n2", "h2", "c2")])
+    journal._conn.set_trace_callback(None)
+    assert sum(1 for s in statements if s.strip().upper().startswith("COMMIT")) == 1
+    assert len(journal.written_answers()) == 2
+
+
+# -- JournalPlugin and configure -----------------------------------------------------
+
+
+def test_the_plugin_creates_no_file_until_a_run_starts(tmp_path: Path) -> None:
+    path = tmp_path / ".notes.canvas.journal.sqlite"
+    plugin = JournalPlugin(path, tmp_path / "notes.canvas")
+    item = task("t1", "n1", input_hash="h1")
+    assert plugin.recorded_answers() == []
+    assert plugin.cached_result(item) is None
+    plugin.on_task_start(item)
+    plugin.on_task_end(item, ended("success", answer("lost")))  # no file: nothing to record
+    plugin.on_canvas_written([written("n1", "h1", "card")])
+    plugin.unconfigure()
+    assert not path.exists()
+
+    plugin.on_run_start(run_info("r1", 1))
+    assert path.exists()
+    plugin.on_task_start(item)
+    plugin.on_task_end(item, ended("success", answer("kept")))
+    plugin.on_canvas_written([written("n1", "h1", "card-1")])
+    assert plugin.cached_result(item) == answer("kept")
+    assert [(a.note_id, a.answer_node_id, a.text) for a in plugin.recorded_answers()] == [
+        ("n1", "card-1", "kept")
+    ]
+    plugin.unconfigure()
+    with Journal(path) as journal:
+        assert [o.task_id for o in journal.outcomes()] == ["t1"]
+
+
+def test_the_plugin_reads_an_existing_file_without_a_run(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as journal:
+        succeed(journal, task("t1", "n1", input_hash="h1"), "before")
+        journal.mark_written("h1", "n1", "oral", "card", None)
+    plugin = JournalPlugin(path, None)
+    try:
+        assert plugin.cached_result(task("x", "n1", input_hash="h1")) == answer("before")
+        assert [a.answer_node_id for a in plugin.recorded_answers()] == ["card"]
+    finally:
+        plugin.unconfigure()
+
+
+def test_unconfigure_records_the_unfinished_tasks_and_closes(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    plugin = JournalPlugin(path, None)
+    plugin.on_run_start(run_info("r1", 2))
+    plugin.on_task_start(task("done", "n1", input_hash="h1"))
+    plugin.on_task_end(task("done", "n1", input_hash="h1"), ended("success", answer("ok")))
+    plugin.on_task_start(task("hanging", "n2", input_hash="h2"))
+    plugin.unconfigure()
+    plugin.unconfigure()  # twice: nothing more
+    with Journal(path) as journal:
+        assert [(o.task_id, o.status) for o in journal.outcomes()] == [
+            ("done", "success"),
+            ("hanging", "cancelled"),
+        ]
+
+
+def test_configure_registers_the_journal_beside_the_written_canvas(tmp_path: Path) -> None:
+    canvas = tmp_path / "notes.canvas"
+    output = tmp_path / "out" / "copy.canvas"
+
+    def configured(**settings: Any) -> Any:
+        pm = get_plugin_manager(load_entry_points=False)
+        pm.hook.configure(settings=Settings(**settings), pm=pm)
+        return pm.get_plugin("journal-file")
+
+    assert configured() is None  # no canvas: no journal
+    beside = configured(canvas_path=canvas)
+    assert isinstance(beside, JournalPlugin)
+    assert (beside.path, beside.canvas) == (Journal.default_path(canvas), canvas)
+    assert configured(canvas_path=canvas, output_path=output).path == (
+        tmp_path / "out" / ".copy.canvas.journal.sqlite"
+    )
+    chosen = tmp_path / "mine.sqlite"
+    assert configured(canvas_path=canvas, output_path=output, journal_path=chosen).path == chosen
+    assert not any(tmp_path.rglob("*.sqlite"))  # configuring opens nothing
+
+
+def test_a_disabled_journal_configures_nothing(tmp_path: Path) -> None:
+    pm = get_plugin_manager(load_entry_points=False, disabled=["journal"])
+    pm.hook.configure(settings=Settings(canvas_path=tmp_path / "notes.canvas"), pm=pm)
+    assert pm.get_plugin("journal-file") is None

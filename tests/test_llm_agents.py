@@ -9,18 +9,22 @@ from typing import Any
 
 import pytest
 
+from command_handlers import agent_definitions
+from command_handlers import settings as settings_module
 from command_handlers.agent_definitions import load_agents
 from command_handlers.default_plugins import llm_agents
 from command_handlers.default_plugins.llm_agents import (
     ECHO_MODEL,
+    ECHO_NOTICE,
     LlmAgentExecutor,
     check_model,
+    check_settings,
     register_executors,
     run_model_id,
     task_prompt,
     uses_echo,
 )
-from command_handlers.plugins import AsyncTask, get_plugin_manager, run_tasks
+from command_handlers.plugins import AsyncTask, collect_executors, get_plugin_manager, run_tasks
 from command_handlers.settings import Settings
 
 BUNDLED = sorted(load_agents())
@@ -84,7 +88,10 @@ def test_registers_every_bundled_agent_with_its_description() -> None:
     assert sorted(found) == BUNDLED
     for name, (executor, kwargs) in found.items():
         assert isinstance(executor, LlmAgentExecutor)
-        assert kwargs == {"description": definitions[name].description}
+        assert kwargs == {
+            "description": definitions[name].description,
+            "fingerprint": definitions[name].model or ECHO_MODEL,
+        }
         assert executor.agent == definitions[name]
 
 
@@ -95,7 +102,20 @@ def test_registers_nothing_when_an_agent_command_is_set() -> None:
 def test_agents_dirs_add_agents(tmp_path: Path) -> None:
     found = collect(Settings(agents_dirs=(agents_dir(tmp_path, tutor="inherit"),)))
     assert sorted(found) == sorted([*BUNDLED, "tutor"])
-    assert found["tutor"][1] == {"description": "tutor explains."}
+    assert found["tutor"][1] == {"description": "tutor explains.", "fingerprint": ECHO_MODEL}
+
+
+def test_the_fingerprint_is_the_agents_model_or_the_run_model(tmp_path: Path) -> None:
+    folder = agents_dir(tmp_path, tutor="inherit", coach="sonnet")
+    found = collect(Settings(model="gpt-4o-mini", agents_dirs=(folder,)))
+    assert found["tutor"][1]["fingerprint"] == "gpt-4o-mini"
+    assert found["coach"][1]["fingerprint"] == "sonnet"
+    registry = collect_executors(
+        get_plugin_manager(load_entry_points=False),
+        Settings(model="gpt-4o-mini", agents_dirs=(folder,)),
+    )
+    assert registry.fingerprint("tutor") == "gpt-4o-mini"
+    assert registry.fingerprint("coach") == "sonnet"
 
 
 async def test_echo_answer_holds_the_prompt_and_the_system_prompt() -> None:
@@ -207,6 +227,8 @@ def test_check_model() -> None:
 def test_run_model_id_and_uses_echo() -> None:
     assert run_model_id(Settings()) == ECHO_MODEL
     assert run_model_id(Settings(model="gpt-4o")) == "gpt-4o"
+    assert Settings().run_model == ECHO_MODEL
+    assert Settings(model="gpt-4o").run_model == "gpt-4o"
     assert uses_echo(Settings())
     assert uses_echo(Settings(model="echo"))
     assert not uses_echo(Settings(model="gpt-4o"))
@@ -234,3 +256,38 @@ async def test_through_the_plugin_manager_and_run_tasks(tmp_path: Path) -> None:
     assert echoed(result)["prompt"] == "Why is the sky blue?"
     assert "no 'prompt' string" in summary["errors"][0]["error"]
     assert summary["errors"][0]["error_type"] == "ValueError"
+
+
+def test_what_moved_is_still_importable_from_here() -> None:
+    assert ECHO_MODEL == settings_module.ECHO_MODEL == "echo"
+    assert llm_agents.task_prompt is agent_definitions.task_prompt
+    assert llm_agents.AgentTask is agent_definitions.AgentTask
+
+
+def test_check_settings_says_when_the_echo_model_answers() -> None:
+    assert check_settings(Settings()) == ECHO_NOTICE
+    assert check_settings(Settings(model="echo")) == ECHO_NOTICE
+    assert "--model" in ECHO_NOTICE
+
+
+def test_check_settings_accepts_a_model_llm_knows() -> None:
+    assert check_settings(Settings(model="gpt-4o-mini")) is None
+
+
+def test_check_settings_refuses_an_unknown_model() -> None:
+    with pytest.raises(ValueError, match=r"^unknown model 'no-such-model'; `llm models`"):
+        check_settings(Settings(model="no-such-model"))
+
+
+def test_check_settings_checks_nothing_when_a_command_answers() -> None:
+    assert check_settings(Settings(agent_command=("cat",))) is None
+    assert check_settings(Settings(model="no-such-model", agent_command=("cat",))) is None
+
+
+def test_check_settings_through_the_hook() -> None:
+    pm = get_plugin_manager(load_entry_points=False)
+    assert pm.hook.check_settings(settings=Settings()) == [ECHO_NOTICE]
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        pm.hook.check_settings(settings=Settings(model="nope"))
+    disabled = get_plugin_manager(load_entry_points=False, disabled=["llm-agents"])
+    assert disabled.hook.check_settings(settings=Settings(model="nope")) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -9,6 +10,7 @@ from typing import Any, Callable
 import pytest
 
 from command_handlers import hookimpl
+from command_handlers.default_plugins import model_router
 from command_handlers.default_plugins.model_router import (
     ROUTER_SYSTEM_PROMPT,
     ModelRouter,
@@ -79,10 +81,13 @@ def test_routing_prompt_lists_the_agents() -> None:
 
 async def test_the_routing_agent_asks_the_run_model() -> None:
     pm = get_plugin_manager(load_entry_points=False)
-    pm.register(ModelRouter(), name="model-router")
+    pm.register(ModelRouter(pm), name="model-router-agent")
     registry = collect_executors(pm, Settings())
-    assert ModelRouter.AGENT in registry.names
-    assert registry.describe()[ModelRouter.AGENT] == "Chooses the agent for each note."
+    # internal: never offered to a note, yet it is registered and answers
+    assert ModelRouter.AGENT not in registry.names
+    assert ModelRouter.AGENT not in registry.describe()
+    assert registry.owner(ModelRouter.AGENT) == "model-router-agent"
+    assert registry.fingerprint(ModelRouter.AGENT) == "echo"
 
     task = AsyncTask("route:n1", ModelRouter.AGENT, {"prompt": "Which agent?"})
     result = await registry.route(task)
@@ -94,8 +99,15 @@ async def test_the_routing_agent_asks_the_run_model() -> None:
     assert echoed["system"] == ROUTER_SYSTEM_PROMPT
 
 
+def test_the_routing_agent_fingerprint_is_the_run_model() -> None:
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(ModelRouter(pm), name="model-router-agent")
+    registry = collect_executors(pm, Settings(model="gpt-4o-mini"))
+    assert registry.fingerprint(ModelRouter.AGENT) == "gpt-4o-mini"
+
+
 def test_choose_agent_reads_the_routed_answer() -> None:
-    router = ModelRouter()
+    router = ModelRouter(get_plugin_manager(load_entry_points=False))
 
     assert router.choose_agent({"routed": "`comparison-table`"}, AGENTS) == "comparison-table"
     assert router.choose_agent({"routed": "no idea"}, AGENTS) is None
@@ -111,7 +123,7 @@ class FakeRouter:
 
     @hookimpl
     def register_executors(self, register: Callable[..., None]) -> None:
-        register(ModelRouter.AGENT, self.answer, override=True)
+        register(ModelRouter.AGENT, self.answer, override=True, internal=True)
 
     async def answer(self, task: Any) -> Any:
         prompt = task.node_data["prompt"]
@@ -124,9 +136,9 @@ class FakeRouter:
         return {"text": "no idea"}
 
 
-async def test_route_collects_the_answers() -> None:
+async def test_route_notes_collects_the_answers() -> None:
     pm = get_plugin_manager(load_entry_points=False)
-    pm.register(ModelRouter(), name="model-router")
+    pm.register(ModelRouter(pm), name="model-router-agent")
     fake = FakeRouter(
         {
             "alpha": {"text": "memory-anchor"},
@@ -140,13 +152,76 @@ async def test_route_collects_the_answers() -> None:
         for note in ("alpha", "beta", "gamma", "delta:with-colon")
     }
 
-    answers = await ModelRouter.route(prompts, pm=pm, settings=Settings(), max_concurrency=2)
+    agents = collect_executors(pm, Settings()).describe()
+    assert ModelRouter.AGENT not in agents
+
+    pending = pm.hook.route_notes(prompts=prompts, agents=agents, settings=Settings())
+    assert pending is not None
+    answers = await pending
 
     assert answers == {"alpha": "memory-anchor", "delta:with-colon": "no idea"}
     assert len(fake.questions) == 4
     for question in fake.questions:
         assert question.startswith("Agents:\n- clarification-path: ")
         assert f"- {ModelRouter.AGENT}:" not in question
+
+
+async def test_route_notes_of_no_prompts_asks_nothing() -> None:
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(ModelRouter(pm), name="model-router-agent")
+    fake = FakeRouter({})
+    pm.register(fake)
+    pending = pm.hook.route_notes(prompts={}, agents={"a": "A."}, settings=Settings())
+    assert await pending == {}
+    assert fake.questions == []
+
+
+async def test_route_notes_runs_at_most_max_concurrency_questions_at_once() -> None:
+    running = 0
+    peak = 0
+
+    class SlowRouter:
+        @hookimpl
+        def register_executors(self, register: Callable[..., None]) -> None:
+            register(ModelRouter.AGENT, self.answer, override=True, internal=True)
+
+        async def answer(self, task: Any) -> dict[str, str]:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                await asyncio.sleep(0.01)  # the simulated model call
+            finally:
+                running -= 1
+            return {"text": "memory-anchor"}
+
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(ModelRouter(pm), name="model-router-agent")
+    pm.register(SlowRouter())
+    prompts = {f"n{i}": f"note {i}" for i in range(8)}
+    settings = Settings(max_concurrency=3)
+
+    answers = await pm.hook.route_notes(prompts=prompts, agents={"a": "A."}, settings=settings)
+
+    assert answers == dict.fromkeys(prompts, "memory-anchor")
+    assert peak == 3
+
+
+def test_without_the_router_no_plugin_routes_the_notes() -> None:
+    pm = get_plugin_manager(load_entry_points=False)
+    assert pm.hook.route_notes(prompts={"n": "p"}, agents={}, settings=Settings()) is None
+
+
+@pytest.mark.parametrize(("route", "registered"), [("map", False), ("model", True)])
+def test_configure_registers_the_router_under_route_model(route: str, registered: bool) -> None:
+    pm = get_plugin_manager(load_entry_points=False)
+    assert pm.get_plugin("model-router") is model_router
+    pm.hook.configure(settings=Settings(route=route), pm=pm)
+    router = pm.get_plugin("model-router-agent")
+    assert isinstance(router, ModelRouter) is registered
+    if registered:
+        assert router.pm is pm
+        assert collect_executors(pm).owner(ModelRouter.AGENT) == "model-router-agent"
 
 
 def _canvas(tmp_path: Path) -> Path:
@@ -193,6 +268,7 @@ def test_the_handler_uses_the_model_choice(tmp_path: Path) -> None:
     # n2's answer names no agent: the colour map decides ("6" -> clarification-path).
     assert chosen == {"n1": "memory-anchor", "n2": "clarification-path", "n3": "comparison-table"}
     assert len(fake.questions) == 3
+    assert all(f"- {ModelRouter.AGENT}:" not in question for question in fake.questions)
     edges = json.loads(path.read_text(encoding="utf-8"))["edges"]
     assert sorted(edge["label"] for edge in edges if "label" in edge) == sorted(chosen.values())
 

@@ -22,7 +22,7 @@ from pytest_mock import MockerFixture
 from command_handlers import hookimpl
 from command_handlers.default_plugins import engine_backend, routing
 from command_handlers.plugins import (
-    DEFAULT_PLUGINS,
+    BUILTIN_PLUGINS,
     LOAD_PLUGINS_ENV,
     AsyncTask,
     DuplicateAgentError,
@@ -173,7 +173,18 @@ def test_get_plugin_manager_registers_the_built_in_plugins() -> None:
     assert pm.project_name == "command_handlers"
     assert pm.get_plugin("engine") is engine_backend
     assert pm.get_plugin("color-router") is routing
-    assert dict(pm.list_name_plugin()) == dict(DEFAULT_PLUGINS)
+    assert dict(pm.list_name_plugin()) == {
+        name: sys.modules[module] for name, module in BUILTIN_PLUGINS.items()
+    }
+    assert list(BUILTIN_PLUGINS) == [
+        "engine",
+        "color-router",
+        "llm-agents",
+        "command-agent",
+        "journal",
+        "progress",
+        "model-router",
+    ]
 
 
 def test_each_plugin_manager_is_independent() -> None:

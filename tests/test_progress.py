@@ -14,7 +14,8 @@ from rich.console import Console
 from command_handlers import hookimpl
 from command_handlers.default_plugins import progress
 from command_handlers.default_plugins.progress import MODES, ProgressDisplay
-from command_handlers.plugins import AsyncTask, get_plugin_manager, run_tasks
+from command_handlers.plugins import AsyncTask, TaskOutcome, get_plugin_manager, run_tasks
+from command_handlers.settings import Settings
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
@@ -63,6 +64,28 @@ def summary() -> dict[str, Any]:
     return {"total": 0, "success": 0, "failed": 0, "skipped": 0}
 
 
+def ended(status: str = "success", error: str | None = None, result: Any = None) -> TaskOutcome:
+    """An outcome as the engine hands it to ``on_task_end``."""
+    ran = status in ("success", "failed")
+    return TaskOutcome(
+        status=status,
+        result=({"text": "fine"} if result is None else result) if status == "success" else None,
+        error=error,
+        error_type="RuntimeError" if status == "failed" else None,
+        attempts=1 if ran else 0,
+        started=1.0 if ran else None,
+        finished=2.0,
+    )
+
+
+def ok(display: ProgressDisplay, item: SimpleNamespace) -> None:
+    display.on_task_end(item, ended())
+
+
+def failed(display: ProgressDisplay, item: SimpleNamespace, error: str) -> None:
+    display.on_task_end(item, ended("failed", error))
+
+
 def drive_mixed_run(display: ProgressDisplay, clock: Clock) -> SimpleNamespace:
     """4 tasks of two agents: a ok in 2.1s, b fails in 0.5s, c skipped (needs b), d ok in 1.3s."""
     a, b, c, d = task("a"), task("b"), task("c", "clarify"), task("d", "clarify")
@@ -71,13 +94,13 @@ def drive_mixed_run(display: ProgressDisplay, clock: Clock) -> SimpleNamespace:
     display.on_task_start(a)
     display.on_task_start(b)
     clock.tick(0.5)
-    display.on_task_progress("b", None, "RuntimeError: model refused")
-    display.on_task_progress("c", None, "skipped: dependency 'b' failed")
+    failed(display, b, "model refused")
+    display.on_task_end(c, ended("skipped", "dependency 'b' failed"))
     display.on_task_start(d)
     clock.tick(1.3)
-    display.on_task_progress("d", {"text": "fine"}, None)
+    ok(display, d)
     clock.tick(0.3)
-    display.on_task_progress("a", {"text": "fine"}, None)
+    ok(display, a)
     display.on_run_end(run, summary())
     return run
 
@@ -115,7 +138,7 @@ def test_plain_mode_prints_a_line_per_finished_task_and_a_table(clock: Clock) ->
     lines = output(con).splitlines()
     assert lines[:5] == [
         "Answering notes: 4 tasks, dependency-aware, up to 12 at once",
-        "[1/4] failed  b  (oral, 0.5s): RuntimeError: model refused",
+        "[1/4] failed  b  (oral, 0.5s): model refused",
         "[2/4] skipped c: dependency 'b' failed",
         "[3/4] ok      d  (clarify, 1.3s)",
         "[4/4] ok      a  (oral, 2.1s)",
@@ -135,7 +158,7 @@ def test_the_counter_is_padded_to_the_width_of_the_total(clock: Clock) -> None:
     for t in tasks[:3]:
         display.on_task_start(t)
         clock.tick(2.1)
-        display.on_task_progress(t.task_id, {}, None)
+        ok(display, t)
     assert output(con).splitlines()[1:4] == [
         "[ 1/12] ok      t0  (oral, 2.1s)",
         "[ 2/12] ok      t1  (oral, 2.1s)",
@@ -150,9 +173,7 @@ def test_plain_lines_stay_one_line_each_and_markup_is_not_interpreted(clock: Clo
     display.on_run_start(run_info(odd))
     display.on_task_start(odd)
     clock.tick(1)
-    display.on_task_progress(
-        odd.task_id, None, "Traceback:\n  line 1\n    boom: a long explanation"
-    )
+    failed(display, odd, "Traceback:\n  line 1\n    boom: a long explanation")
     assert output(con).splitlines()[:2] == [
         "[bold]Notes[/]: 1 tasks, parallel, up to 12 at once",
         "[1/1] failed  [red]x[/red]  (agent, 1.0s): Traceback: line 1 boom: a long explanation",
@@ -166,7 +187,7 @@ def test_verbose_adds_a_line_per_started_task(clock: Clock) -> None:
     display.on_run_start(run_info(a))
     display.on_task_start(a)
     clock.tick(0.25)
-    display.on_task_progress("a", {}, None)
+    ok(display, a)
     assert output(con).splitlines()[1:3] == [
         "      started a  (oral)",
         "[1/1] ok      a  (oral, 0.2s)",
@@ -179,23 +200,14 @@ def test_tasks_the_run_did_not_list_are_still_counted(clock: Clock) -> None:
     display.on_run_start(run_info(task("a")))
     display.on_task_start(task("late", "extra"))  # started, but not in run.tasks
     clock.tick(1)
-    display.on_task_progress("late", {}, None)
-    display.on_task_progress("ghost", {}, None)  # neither listed nor started
-    display.on_task_progress("phantom", None, "connection reset")  # an error, not a skip
+    ok(display, task("late", "extra"))
+    ok(display, task("ghost", "stray"))  # neither listed nor started
+    failed(display, task("phantom", "stray"), "connection reset")
     display.on_run_end(run_info(task("a")), summary())
     text = output(con)
-    assert "[2/1] ok      ghost  (?)" in text
-    assert "[3/1] failed  phantom  (?): connection reset" in text
+    assert "[2/1] ok      ghost  (stray)" in text
+    assert "[3/1] failed  phantom  (stray): connection reset" in text
     assert display.stats == {
-        "?": {
-            "tasks": 2,
-            "ok": 1,
-            "failed": 1,
-            "skipped": 0,
-            "cancelled": 0,
-            "mean_duration": 0.0,
-            "total_duration": 0.0,
-        },
         "extra": {
             "tasks": 1,
             "ok": 1,
@@ -214,8 +226,17 @@ def test_tasks_the_run_did_not_list_are_still_counted(clock: Clock) -> None:
             "mean_duration": 0.0,
             "total_duration": 0.0,
         },
+        "stray": {
+            "tasks": 2,
+            "ok": 1,
+            "failed": 1,
+            "skipped": 0,
+            "cancelled": 0,
+            "mean_duration": 0.0,
+            "total_duration": 0.0,
+        },
     }
-    assert re.search(r"│ \?\s+│\s+2 │\s+1 │\s+1 │\s+0 │\s+- │", text)
+    assert re.search(r"│ stray\s+│\s+2 │\s+1 │\s+1 │\s+0 │\s+- │", text)
 
 
 def test_an_empty_run_prints_only_the_footer(clock: Clock) -> None:
@@ -315,9 +336,10 @@ def test_quiet_mode_costs_next_to_nothing() -> None:
     t = task("a")
     count = 100_000
     began = time.perf_counter()
+    outcome = ended()
     for _ in range(count):
         display.on_task_start(t)
-        display.on_task_progress("a", None, None)
+        display.on_task_end(t, outcome)
     per_task = (time.perf_counter() - began) / count
     assert per_task < 5e-6, f"{per_task * 1e6:.2f} µs per task"
 
@@ -335,7 +357,7 @@ def test_bar_mode_shows_percentage_counts_and_a_table(clock: Clock) -> None:
     assert "✓ 2  ✗ 1  ⊘ 1  ⟳ 0" in bar_row
     assert "eta" in bar_row
     # Failures are printed above the bar as they happen; successes and skips are not.
-    assert "[1/4] failed  b  (oral, 0.5s): RuntimeError: model refused" in text
+    assert "[1/4] failed  b  (oral, 0.5s): model refused" in text
     assert "ok      a" not in text
     assert "skipped c" not in text
     assert re.search(r"│ oral\s+│\s+2 │\s+1 │\s+1 │\s+0 │\s+1\.3 │", text)
@@ -351,7 +373,7 @@ def test_an_abandoned_run_leaves_the_bar_where_it_stopped(clock: Clock) -> None:
         display.on_task_start(t)
     for t in tasks[:3]:
         clock.tick(1)
-        display.on_task_progress(t.task_id, {}, None)
+        ok(display, t)
     display.close()
     display.close()  # idempotent
     text = output(con)
@@ -377,7 +399,7 @@ def test_a_new_run_stops_the_bar_of_an_abandoned_one(clock: Clock) -> None:
     display.on_run_start(run_info(task("a"), task("b")))
     display.on_run_start(run_info(task("c")))
     display.on_task_start(task("c"))
-    display.on_task_progress("c", {}, None)
+    ok(display, task("c"))
     display.on_run_end(run_info(task("c")), summary())
     text = output(con)
     assert "0% (0/2)" in text
@@ -391,7 +413,7 @@ def test_bar_mode_verbose_prints_every_task_above_the_bar(clock: Clock) -> None:
     text = output(con)
     for line in (
         "    started a  (oral)",
-        "[1/4] failed  b  (oral, 0.5s): RuntimeError: model refused",
+        "[1/4] failed  b  (oral, 0.5s): model refused",
         "[2/4] skipped c: dependency 'b' failed",
         "[3/4] ok      d  (clarify, 1.3s)",
         "[4/4] ok      a  (oral, 2.1s)",
@@ -429,7 +451,7 @@ async def test_a_real_run_through_the_plugin_manager() -> None:
     con = console()
     display = ProgressDisplay(con, mode="plain")
     pm = get_plugin_manager(load_entry_points=False)
-    pm.register(display, name="progress")
+    pm.register(display, name="progress-display")
     pm.register(EchoAgent(), name="echo")
     tasks = [
         AsyncTask("n1", "progress-echo", {"text": "one"}),
@@ -456,10 +478,10 @@ def test_cancelled_tasks_are_kept_apart_from_failures() -> None:
     display = ProgressDisplay(con, mode="plain")
     display.on_run_start(run_info(task("a"), task("b"), task("c")))
     display.on_task_start(task("a"))
-    display.on_task_progress("a", None, "boom")
+    failed(display, task("a"), "boom")
     display.on_task_start(task("b"))
-    display.on_task_progress("b", None, "cancelled: fail-fast: task 'a' failed")
-    display.on_task_progress("c", None, "cancelled: fail-fast: task 'a' failed")
+    display.on_task_end(task("b"), ended("cancelled", "fail-fast: task 'a' failed"))
+    display.on_task_end(task("c"), ended("cancelled", "fail-fast: task 'a' failed"))
     display.on_run_end(run_info(task("a"), task("b"), task("c")), summary())
     text = output(con)
     assert "cancelled b: fail-fast: task 'a' failed" in text
@@ -475,6 +497,92 @@ def test_one_task_is_one_task() -> None:
     display = ProgressDisplay(con, mode="plain")
     display.on_run_start(run_info(task("a")))
     display.on_task_start(task("a"))
-    display.on_task_progress("a", {"text": "fine"}, None)
+    ok(display, task("a"))
     display.on_run_end(run_info(task("a")), summary())
     assert output(con).splitlines()[-1].startswith("1 task in ")
+
+
+def test_the_status_is_read_from_the_outcome_never_from_the_error_text() -> None:
+    con = console()
+    display = ProgressDisplay(con, mode="plain")
+    items = [task("a"), task("b"), task("c")]
+    display.on_run_start(run_info(*items))
+    failed(display, items[0], "skipped: this only looks like a skip")
+    display.on_task_end(items[1], ended("skipped", "cancelled: this only looks like a cancel"))
+    display.on_task_end(items[2], ended("cancelled", "skipped: stopped"))
+    stats = display.stats["oral"]
+    assert (stats["failed"], stats["skipped"], stats["cancelled"], stats["ok"]) == (1, 1, 1, 0)
+    lines = output(con).splitlines()
+    assert lines[1] == "[1/3] failed  a  (oral): skipped: this only looks like a skip"
+    assert lines[2] == "[2/3] skipped b: cancelled: this only looks like a cancel"
+    assert lines[3] == "[3/3] cancelled c: skipped: stopped"
+
+
+def test_unconfigure_stops_an_abandoned_bar(clock: Clock) -> None:
+    con = console(terminal=True)
+    display = ProgressDisplay(con, mode="bar")
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(display, name="progress-display")
+    items = [task("a"), task("b")]
+    display.on_run_start(run_info(*items))
+    display.on_task_start(items[0])
+    ok(display, items[0])
+    pm.hook.unconfigure(settings=Settings())
+    bar_row = output(con).splitlines()[-1]
+    assert "Answering notes (interrupted)" in bar_row
+    assert "50% (1/2)" in bar_row
+    before = output(con)
+    pm.hook.unconfigure(settings=Settings())  # nothing more
+    assert output(con) == before
+
+
+@pytest.mark.parametrize(
+    ("display", "verbose", "registered"),
+    [("quiet", False, None), ("plain", True, "plain"), ("bar", False, "bar")],
+)
+def test_configure_registers_a_display_unless_quiet(
+    display: str, verbose: bool, registered: str | None
+) -> None:
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.hook.configure(settings=Settings(display=display, verbose=verbose), pm=pm)
+    plugin = pm.get_plugin("progress-display")
+    if registered is None:
+        assert plugin is None
+        return
+    try:
+        assert isinstance(plugin, ProgressDisplay)
+        assert plugin.mode == registered
+        assert plugin._verbose is verbose  # pylint: disable=protected-access
+    finally:
+        plugin.close()
+
+
+def test_a_disabled_progress_plugin_configures_nothing() -> None:
+    pm = get_plugin_manager(load_entry_points=False, disabled=["progress"])
+    pm.hook.configure(settings=Settings(display="plain"), pm=pm)
+    assert pm.get_plugin("progress-display") is None
+
+
+async def test_a_fail_fast_run_shows_cancelled_tasks() -> None:
+    from command_handlers.plugins import RunPolicy
+
+    con = console()
+    display = ProgressDisplay(con, mode="plain")
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(display, name="progress-display")
+    pm.register(EchoAgent(), name="echo")
+    tasks = [
+        AsyncTask("n1", "progress-echo", {"text": "one", "fail": True}),
+        AsyncTask("n2", "progress-echo", {"text": "two"}),
+        AsyncTask("n3", "progress-echo", {"text": "three"}),
+    ]
+    try:
+        await run_tasks(tasks, pm=pm, max_concurrency=1, policy=RunPolicy(fail_fast=True))
+    finally:
+        display.close()
+    text = output(con)
+    assert "failed  n1  (progress-echo" in text
+    assert "cancelled n2: fail-fast: task 'n1' failed" in text
+    assert "cancelled n3: fail-fast: task 'n1' failed" in text
+    assert display.stats["progress-echo"]["cancelled"] == 2
+    assert "1 failed, 0 skipped, 2 cancelled" in text

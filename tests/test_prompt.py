@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from command_handlers.prompt import Material, Prerequisite, build_prompt, topic_of
+from command_handlers.intelligent_parallel.prompt import (
+    Material,
+    Prerequisite,
+    build_prompt,
+    topic_of,
+)
 
 
 def test_the_full_layout() -> None:

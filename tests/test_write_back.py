@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from command_handlers.answered import KnownAnswer
 from command_handlers.canvas import Canvas
-from command_handlers.write_back import (
+from command_handlers.intelligent_parallel.answered import KnownAnswer
+from command_handlers.intelligent_parallel.write_back import (
     CARD_SIZE,
     FILE_SIZE,
     Layout,
@@ -194,7 +194,7 @@ def test_save_side_file(tmp_path: Path) -> None:
 def test_the_same_answer_again_reuses_its_document_a_new_one_gets_a_new_file(
     tmp_path: Path,
 ) -> None:
-    from command_handlers.write_back import _document
+    from command_handlers.intelligent_parallel.write_back import _document
 
     first = _document(tmp_path, "topic-agent", "# T\n\nanswer one\n")
     again = _document(tmp_path, "topic-agent", "# T\n\nanswer one\n")

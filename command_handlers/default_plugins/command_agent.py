@@ -32,12 +32,12 @@ import asyncio
 import contextlib
 import os
 import shlex
+import shutil
 import sys
 from typing import Callable
 
 from command_handlers import hookimpl
-from command_handlers.agent_definitions import AgentDefinition, load_agents
-from command_handlers.default_plugins.llm_agents import AgentTask, task_prompt
+from command_handlers.agent_definitions import AgentDefinition, AgentTask, load_agents, task_prompt
 from command_handlers.settings import Settings
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "AgentCommandTimeoutError",
     "CommandAgentExecutor",
     "build_stdin",
+    "check_settings",
     "register_executors",
 ]
 
@@ -188,6 +189,23 @@ class CommandAgentExecutor:
 
 
 @hookimpl
+def check_settings(settings: Settings) -> None:
+    """Refuse an ``agent_command`` whose program cannot be found, before any call.
+
+    Args:
+        settings: The run's settings.
+
+    Raises:
+        ValueError: The program is neither on ``PATH`` nor an executable file.
+    """
+    argv: object = settings.agent_command
+    if isinstance(argv, tuple) and argv and shutil.which(str(argv[0])) is None:
+        raise ValueError(
+            f"agent command {argv[0]!r} not found: no such program on PATH (--agent-command)"
+        )
+
+
+@hookimpl
 def register_executors(register: Callable[..., None], settings: Settings) -> None:
     """Register one command executor per agent definition when ``agent_command`` is set.
 
@@ -217,4 +235,5 @@ def register_executors(register: Callable[..., None], settings: Settings) -> Non
             agent.name,
             CommandAgentExecutor(agent, argv, settings.command_timeout),
             description=agent.description,
+            fingerprint=shlex.join(argv),
         )

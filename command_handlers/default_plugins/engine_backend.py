@@ -19,6 +19,7 @@ def execute_tasks(
     agent_limits: Mapping[str, int],
     progress_callback: Callable[[str, Any, str | None], Any] | None,
     start_callback: Callable[[AsyncTask], Any] | None,
+    end_callback: Callable[[AsyncTask, Any], Any] | None,
     policy: RunPolicy | None,
 ) -> Awaitable[dict[str, Any]]:
     """Run the tasks on a fresh :class:`AsyncExecutionEngine`.
@@ -32,6 +33,7 @@ def execute_tasks(
         agent_limits: Per-agent limits.
         progress_callback: Told of each finished task.
         start_callback: Told of each started task.
+        end_callback: Told of each task's outcome.
         policy: Timeouts, retries, rates, fail-fast and stop.
 
     Returns:
@@ -45,5 +47,6 @@ def execute_tasks(
         progress_callback,
         agent_limits=agent_limits,
         start_callback=start_callback,
+        end_callback=end_callback,
         policy=policy,
     )

@@ -1,52 +1,67 @@
 """Remember every task's outcome in a SQLite file, so that a run that died need not pay twice.
 
-:class:`Journal` is a listener plugin. The command line opens one next to the
-canvas and registers it for the run::
+A built-in plugin (``journal``). In ``configure`` it sets itself up for the
+command's canvas: a :class:`JournalPlugin` that opens the file
+``.<canvas>.journal.sqlite`` beside the written canvas (or ``--journal``) when
+it is first needed, so that a dry run creates nothing. :class:`Journal` is the
+file itself, and a listener plugin a program may register on its own::
 
     with Journal(Journal.default_path(canvas_path), canvas=canvas_path) as journal:
-        pm.register(journal, name="journal")
-        journal.expect(tasks)  # so that tasks skipped without starting are known
+        pm.register(journal, name="journal-file")
         summary = await run_tasks(tasks, pm=pm)
 
-Each finished task (``on_task_progress``) becomes one row of the ``outcomes``
+Each task's outcome (``on_task_end``) becomes one row of the ``outcomes``
 table, committed in its own transaction before the hook returns: if the process
 is killed (even with ``kill -9``) at task 150 of 200, the 150 outcomes are in
 the file, and the next run finds them through the ``cached_result`` hook (the
 newest successful outcome with the same ``node_data["input_hash"]``). Once the
-handler has written an answer into the canvas it calls :meth:`Journal.mark_written`;
+command has written answers into the canvas it says so (``on_canvas_written``)
+and they are marked written, all in one transaction;
 :meth:`Journal.unwritten_successes` lists the answers paid for but never written.
 
-The module never imports the engine or the plugin layer: a run and a task are
-whatever has the attributes it reads.
+The module never imports the engine or the plugin layer: a run, a task and an
+outcome are whatever has the attributes it reads.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pluggy
+
 from command_handlers import hookimpl
-from command_handlers.hookspecs import RunView, TaskView
+from command_handlers.hookspecs import OutcomeView, RunView, TaskView, WrittenAnswer
+from command_handlers.settings import Settings
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "Answer", "Journal", "JournalError", "Outcome"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "Answer",
+    "Journal",
+    "JournalError",
+    "JournalPlugin",
+    "Outcome",
+    "configure",
+]
 
 #: The version of the file's schema this module writes (SQLite's ``user_version``).
 SCHEMA_VERSION = 1
 #: The statuses an outcome can have.
 STATUSES = ("success", "failed", "skipped", "cancelled")
 
-_SKIP_PREFIX = "skipped:"
-_CANCEL_PREFIX = "cancelled:"
-_CANCELLED = "cancelled: the run was interrupted before the task finished"
-_UNKNOWN: tuple[str | None, str | None, str | None] = (None, None, None)
+logger = logging.getLogger("command_handlers.journal")
+
+_CANCELLED = "the run was interrupted before the task finished"
 
 _SCHEMA = f"""
 BEGIN;
@@ -172,15 +187,6 @@ def _identity(task: TaskView) -> tuple[str | None, str | None, str | None]:
     return _text(data.get("note_id")), task.agent_name, _text(data.get("input_hash"))
 
 
-def _status(error: str | None) -> str:
-    if error is None:
-        return "success"
-    if error.startswith(_SKIP_PREFIX):
-        return "skipped"
-    # The engine reports tasks cancelled by fail-fast or a stop as "cancelled: <why>".
-    return "cancelled" if error.startswith(_CANCEL_PREFIX) else "failed"
-
-
 def _answer(row: Any) -> Answer:
     """Build an :class:`Answer` from a row of :data:`_ANSWER_COLUMNS`."""
     answer_node_id, file_node_id, input_hash, written_at, note_id, agent, stored = row
@@ -258,10 +264,9 @@ class Journal:
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open the journal {self._path}: {exc}") from exc
         self._run_id: str | None = None
-        self._identity: dict[str, tuple[str | None, str | None, str | None]] = {}
-        self._started: dict[str, float] = {}
-        self._attempts: dict[str, int] = {}
-        self._served: set[str] = set()  # tasks this journal answered from an earlier outcome
+        # Tasks started and not ended: recorded as cancelled if the command is interrupted.
+        self._running: dict[str, tuple[tuple[str | None, str | None, str | None], float]] = {}
+        self._attempts: dict[str, int] = {}  # calls so far, of the running tasks retried
 
     @staticmethod
     def default_path(canvas_path: str | Path) -> Path:
@@ -312,48 +317,62 @@ class Journal:
 
     @hookimpl
     def on_task_start(self, task: TaskView) -> None:
-        """Remember when the task started, and its note, agent and input hash.
+        """Remember that the task runs, with its note, agent and input hash.
 
         Args:
             task: The task (an ``AsyncTask``).
         """
-        self._identity[task.task_id] = _identity(task)
-        self._started[task.task_id] = time.time()
+        self._running[task.task_id] = (_identity(task), time.time())
 
     @hookimpl
-    def on_task_progress(self, task_id: str, result: Any, error: str | None) -> None:
-        """Commit the task's outcome: one row, in its own transaction.
-
-        The status is ``"success"`` when ``error`` is ``None``, ``"skipped"`` when
-        it starts with ``"skipped:"``, ``"cancelled"`` when it starts with
-        ``"cancelled:"`` (fail-fast or a stop), else ``"failed"``. The result is kept (as
-        JSON; what JSON cannot hold as its text) on success only.
+    def on_task_retry(self, task: TaskView, attempt: int) -> None:
+        """Count the calls of a running task, for :meth:`record_cancelled`.
 
         Args:
-            task_id: The task's id.
-            result: What the executor returned.
-            error: ``None`` on success, else the error text.
+            task: The task.
+            attempt: The attempt that failed (1 for the first).
         """
-        note_id, agent, input_hash = self._identity.pop(task_id, _UNKNOWN)
-        payload = None if error is not None else json.dumps(result, default=str)
-        started = self._started.pop(task_id, None)
-        # A task never started (skipped, cancelled, answered from this journal) cost no call.
-        called = started is not None and task_id not in self._served
+        self._attempts[task.task_id] = attempt + 1
+
+    @hookimpl
+    def on_task_end(self, task: TaskView, outcome: OutcomeView) -> None:
+        """Commit the task's outcome: one row, in its own transaction.
+
+        The row's status is ``outcome.status``; the result is kept (as JSON;
+        what JSON cannot hold as its text) on success only.
+
+        Args:
+            task: The task.
+            outcome: What became of it.
+        """
+        self._running.pop(task.task_id, None)
+        self._attempts.pop(task.task_id, None)
+        note_id, agent, input_hash = _identity(task)
+        success = outcome.status == "success"
         row = (
             self._run_id,
-            task_id,
+            task.task_id,
             note_id,
             agent,
             input_hash,
-            _status(error),
-            payload,
-            error,
-            self._attempts.pop(task_id, 1 if called else 0),
-            started,
-            time.time(),
+            outcome.status,
+            json.dumps(outcome.result, default=str) if success else None,
+            None if success else outcome.error,
+            outcome.attempts,
+            outcome.started,
+            outcome.finished,
         )
         with self._conn as conn:
             conn.execute(_INSERT, row)
+
+    @hookimpl
+    def on_canvas_written(self, answers: Sequence[WrittenAnswer]) -> None:
+        """Mark the answers now on the canvas written, in one transaction.
+
+        Args:
+            answers: The answers written.
+        """
+        self.mark_all_written(answers)
 
     @hookimpl
     def cached_result(self, task: TaskView) -> dict[str, Any] | None:
@@ -373,38 +392,9 @@ class Journal:
         if row is None:
             return None
         result = json.loads(row[0])
-        if not isinstance(result, dict):
-            return None
-        self._served.add(task.task_id)
-        return result
+        return result if isinstance(result, dict) else None
 
-    # -- what the handler calls ----------------------------------------------------
-
-    def expect(self, tasks: Iterable[TaskView]) -> None:
-        """Learn the note, agent and input hash of tasks before the run.
-
-        A task skipped because a dependency failed never starts, so without this
-        its outcome would be recorded without them.
-
-        Args:
-            tasks: The run's tasks.
-        """
-        for task in tasks:
-            self._identity[task.task_id] = _identity(task)
-
-    def record_attempts(self, task_id: str, attempts: int) -> None:
-        """Set how many calls the task's next outcome took (1 unless told).
-
-        Args:
-            task_id: The task's id.
-            attempts: The number of calls, at least 1.
-
-        Raises:
-            ValueError: ``attempts`` is not a positive int.
-        """
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"attempts must be a positive int, got {attempts!r}")
-        self._attempts[task_id] = attempts
+    # -- what the command calls ----------------------------------------------------
 
     def record_cancelled(self) -> int:
         """Record every task that started and has not finished as ``"cancelled"``.
@@ -416,9 +406,7 @@ class Journal:
         """
         now = time.time()
         rows = []
-        for task_id, started_at in self._started.items():
-            note_id, agent, input_hash = self._identity.pop(task_id, _UNKNOWN)
-            attempts = self._attempts.pop(task_id, 1)
+        for task_id, ((note_id, agent, input_hash), started_at) in self._running.items():
             rows.append(
                 (
                     self._run_id,
@@ -429,12 +417,12 @@ class Journal:
                     "cancelled",
                     None,
                     _CANCELLED,
-                    attempts,
+                    self._attempts.pop(task_id, 1),
                     started_at,
                     now,
                 )
             )
-        self._started.clear()
+        self._running.clear()
         with self._conn as conn:
             conn.executemany(_INSERT, rows)
         return len(rows)
@@ -466,33 +454,66 @@ class Journal:
         Raises:
             LookupError: No outcome with ``input_hash`` succeeded.
         """
+        with self._conn as conn:
+            self._mark(conn, input_hash, note_id, agent, answer_node_id, file_node_id)
+
+    def mark_all_written(self, answers: Iterable[WrittenAnswer]) -> None:
+        """Record, in one transaction, that these answers were written into the canvas.
+
+        Each as :meth:`mark_written`; an answer whose input no outcome
+        answered is logged and left out, the others are marked.
+
+        Args:
+            answers: The answers written.
+        """
+        with self._conn as conn:
+            for answer in answers:
+                try:
+                    self._mark(
+                        conn,
+                        answer.input_hash,
+                        answer.note_id,
+                        answer.agent,
+                        answer.answer_node_id,
+                        answer.file_node_id,
+                    )
+                except LookupError as exc:
+                    logger.warning("%s", exc)
+
+    def _mark(
+        self,
+        conn: sqlite3.Connection,
+        input_hash: str,
+        note_id: str,
+        agent: str,
+        answer_node_id: str,
+        file_node_id: str | None,
+    ) -> None:
         now = time.time()
         written = (answer_node_id, file_node_id, now)
-        with self._conn as conn:
-            row = conn.execute(
-                "SELECT id FROM outcomes WHERE input_hash = ? AND note_id = ? AND agent = ?"
-                " AND status = 'success' ORDER BY id DESC LIMIT 1",
-                (input_hash, note_id, agent),
-            ).fetchone()
-            if row is not None:
-                conn.execute(
-                    "UPDATE outcomes SET answer_node_id = ?, file_node_id = ?, written_at = ?"
-                    " WHERE id = ?",
-                    (*written, row[0]),
-                )
-                return
-            source = conn.execute(_NEWEST_SUCCESS, (input_hash,)).fetchone()
-            if source is None:
-                raise LookupError(
-                    f"no successful outcome with input hash {input_hash!r} in the journal"
-                    f" {self._path}"
-                )
+        row = conn.execute(
+            "SELECT id FROM outcomes WHERE input_hash = ? AND note_id = ? AND agent = ?"
+            " AND status = 'success' ORDER BY id DESC LIMIT 1",
+            (input_hash, note_id, agent),
+        ).fetchone()
+        if row is not None:
             conn.execute(
-                "INSERT INTO outcomes (run_id, task_id, note_id, agent, input_hash, status,"
-                " result, attempts, finished_at, answer_node_id, file_node_id, written_at)"
-                " VALUES (?, NULL, ?, ?, ?, 'success', ?, 0, ?, ?, ?, ?)",
-                (self._run_id, note_id, agent, input_hash, source[0], now, *written),
+                "UPDATE outcomes SET answer_node_id = ?, file_node_id = ?, written_at = ?"
+                " WHERE id = ?",
+                (*written, row[0]),
             )
+            return
+        source = conn.execute(_NEWEST_SUCCESS, (input_hash,)).fetchone()
+        if source is None:
+            raise LookupError(
+                f"no successful outcome with input hash {input_hash!r} in the journal {self._path}"
+            )
+        conn.execute(
+            "INSERT INTO outcomes (run_id, task_id, note_id, agent, input_hash, status,"
+            " result, attempts, finished_at, answer_node_id, file_node_id, written_at)"
+            " VALUES (?, NULL, ?, ?, ?, 'success', ?, 0, ?, ?, ?, ?)",
+            (self._run_id, note_id, agent, input_hash, source[0], now, *written),
+        )
 
     def answers_for(self, note_id: str, agent: str) -> list[Answer]:
         """Return the answers of one agent to one note written into a canvas, newest first.
@@ -600,3 +621,91 @@ class Journal:
     ) -> None:
         """Call :meth:`close`, however the block ended."""
         self.close()
+
+
+class JournalPlugin:
+    """The journal of one command: opens its file only when first needed.
+
+    A dry run, or a run with nothing to call, leaves no file behind; an
+    existing file that cannot be used refuses the command before any call.
+
+    Args:
+        path: The journal file.
+        canvas: The canvas the command answers.
+    """
+
+    def __init__(self, path: Path, canvas: Path | None) -> None:
+        self.path = path
+        self.canvas = canvas
+        self._journal: Journal | None = None
+
+    def _open(self, create: bool) -> Journal | None:
+        if self._journal is None and (create or self.path.exists()):
+            self._journal = Journal(self.path, canvas=self.canvas)
+        return self._journal
+
+    @hookimpl
+    def recorded_answers(self) -> list[Answer]:
+        """The answers the journal records writing (none when there is no file yet)."""
+        journal = self._open(create=False)
+        return journal.written_answers() if journal is not None else []
+
+    @hookimpl
+    def cached_result(self, task: TaskView) -> dict[str, Any] | None:
+        """As :meth:`Journal.cached_result`; ``None`` when there is no file yet."""
+        journal = self._open(create=False)
+        return journal.cached_result(task) if journal is not None else None
+
+    @hookimpl(tryfirst=True)
+    def on_run_start(self, run: RunView) -> None:
+        """Open (creating if need be) the file and record the run."""
+        journal = self._open(create=True)
+        assert journal is not None
+        journal.on_run_start(run)
+
+    @hookimpl
+    def on_task_start(self, task: TaskView) -> None:
+        """As :meth:`Journal.on_task_start`."""
+        if self._journal is not None:
+            self._journal.on_task_start(task)
+
+    @hookimpl
+    def on_task_retry(self, task: TaskView, attempt: int) -> None:
+        """As :meth:`Journal.on_task_retry`."""
+        if self._journal is not None:
+            self._journal.on_task_retry(task, attempt)
+
+    @hookimpl
+    def on_task_end(self, task: TaskView, outcome: OutcomeView) -> None:
+        """As :meth:`Journal.on_task_end`."""
+        if self._journal is not None:
+            self._journal.on_task_end(task, outcome)
+
+    @hookimpl
+    def on_canvas_written(self, answers: Sequence[WrittenAnswer]) -> None:
+        """As :meth:`Journal.on_canvas_written`."""
+        if self._journal is not None:
+            self._journal.on_canvas_written(answers)
+
+    @hookimpl
+    def unconfigure(self) -> None:
+        """Record the tasks the command left unfinished as cancelled; close the file."""
+        if self._journal is not None:
+            self._journal.record_cancelled()
+            self._journal.close()
+            self._journal = None
+
+
+@hookimpl
+def configure(settings: Settings, pm: pluggy.PluginManager) -> None:
+    """Keep a journal for the command's canvas, beside the canvas it writes.
+
+    Args:
+        settings: The run's settings (``canvas_path``, ``output_path``, ``journal_path``).
+        pm: The plugin manager.
+    """
+    canvas = settings.canvas_path
+    if canvas is None:
+        return
+    path = settings.journal_path or Journal.default_path(settings.output_path or canvas)
+    pm.register(JournalPlugin(path, canvas), name="journal-file")

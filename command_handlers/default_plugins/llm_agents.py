@@ -18,42 +18,35 @@ Which model answers, per agent:
 * a run model of ``None`` means :data:`ECHO_MODEL`, the offline model of the
   ``llm-echo`` plugin, which answers with the request it got.
 
-A run model ``llm`` does not know fails each call with a :class:`ValueError`;
-:func:`check_model` lets a caller find that out before running.
+The plugin checks the run's model in ``check_settings`` (an unknown one
+refuses the run), and says there when the offline echo model answers. ``llm``
+itself is imported only when a model is looked up.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any, Callable
 
-import llm
-
 from command_handlers import hookimpl
-from command_handlers.agent_definitions import AgentDefinition, load_agents
-from command_handlers.hookspecs import TaskView
-from command_handlers.settings import Settings
+from command_handlers.agent_definitions import AgentDefinition, AgentTask, load_agents, task_prompt
+from command_handlers.settings import ECHO_MODEL, Settings
 
 __all__ = [
     "ECHO_MODEL",
+    "ECHO_NOTICE",
     "AgentTask",
     "LlmAgentExecutor",
     "check_model",
+    "check_settings",
     "register_executors",
     "run_model_id",
     "task_prompt",
     "uses_echo",
 ]
 
-#: The offline model of ``llm-echo``, used when the run names no model.
-ECHO_MODEL = "echo"
 
 logger = logging.getLogger("command_handlers.agents")
-
-
-#: What an executor reads of a task.
-AgentTask = TaskView
 
 
 def run_model_id(settings: Settings) -> str:
@@ -65,7 +58,7 @@ def run_model_id(settings: Settings) -> str:
     Returns:
         The model id agents that inherit the run's model use.
     """
-    return settings.model or ECHO_MODEL
+    return settings.run_model
 
 
 def uses_echo(settings: Settings) -> bool:
@@ -88,6 +81,8 @@ def _unknown_model(model_id: str) -> ValueError:
 
 def _get_model(model_id: str) -> Any:
     """Return ``llm``'s async model ``model_id``, or raise a clear ValueError."""
+    import llm  # pylint: disable=import-outside-toplevel  # only a real call needs it
+
     try:
         return llm.get_async_model(model_id)
     except llm.UnknownModelError as error:
@@ -106,28 +101,6 @@ def check_model(model_id: str | None) -> None:
             the model and hints at ``llm models``.
     """
     _get_model(model_id or ECHO_MODEL)
-
-
-def task_prompt(task: AgentTask) -> str:
-    """Return the prompt the handler laid out for a task: ``node_data["prompt"]``.
-
-    Args:
-        task: The task.
-
-    Returns:
-        The prompt.
-
-    Raises:
-        ValueError: ``node_data`` has no ``"prompt"`` string.
-    """
-    node_data = task.node_data
-    prompt = node_data.get("prompt") if isinstance(node_data, Mapping) else None
-    if not isinstance(prompt, str):
-        raise ValueError(
-            f"task {task.task_id!r} for agent {task.agent_name!r} has no 'prompt' string"
-            " in its node_data"
-        )
-    return prompt
 
 
 class LlmAgentExecutor:
@@ -169,8 +142,8 @@ class LlmAgentExecutor:
         if wanted is None:
             return self.run_model
         try:
-            llm.get_async_model(wanted)
-        except llm.UnknownModelError as error:
+            _get_model(wanted)
+        except ValueError as error:
             logger.warning(
                 "agent %r asks for model %r, which llm does not know (%s); using the run's"
                 " model %r instead",
@@ -201,6 +174,36 @@ class LlmAgentExecutor:
         return {"text": str(text), "agent": self.agent.name, "model": str(model.model_id)}
 
 
+#: What the ``check_settings`` hook says when the offline echo model answers.
+ECHO_NOTICE = (
+    "No model configured: answers are echoes of the prompts."
+    " Use --model (see `llm models`) for real answers."
+)
+
+
+@hookimpl
+def check_settings(settings: Settings) -> str | None:
+    """Refuse a run model ``llm`` does not know; say when the echo model answers.
+
+    Nothing is checked when ``settings.agent_command`` answers instead.
+
+    Args:
+        settings: The run's settings.
+
+    Returns:
+        :data:`ECHO_NOTICE` when the run's model is the echo model, else ``None``.
+
+    Raises:
+        ValueError: ``llm`` knows no model ``settings.model``.
+    """
+    if settings.agent_command is not None:
+        return None
+    if uses_echo(settings):
+        return ECHO_NOTICE
+    check_model(settings.model)
+    return None
+
+
 @hookimpl
 def register_executors(register: Callable[..., None], settings: Settings) -> None:
     """Register one ``llm`` executor per agent definition, unless ``agent_command`` is set.
@@ -215,4 +218,9 @@ def register_executors(register: Callable[..., None], settings: Settings) -> Non
     if settings.agent_command is not None:
         return
     for agent in load_agents(settings.agents_dirs).values():
-        register(agent.name, LlmAgentExecutor(agent, settings.model), description=agent.description)
+        register(
+            agent.name,
+            LlmAgentExecutor(agent, settings.model),
+            description=agent.description,
+            fingerprint=agent.model or run_model_id(settings),
+        )

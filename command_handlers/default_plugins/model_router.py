@@ -1,25 +1,29 @@
 """``--route model``: the model picks the agent for each note from the agents' descriptions.
 
-One short call per note, run concurrently through the facade like any other
-task. The answer must name an agent (alone on its first line, quotes and
-backticks allowed); anything else falls back to the colour map.
+A built-in plugin (``model-router``). It sets itself up in ``configure`` when
+``settings.route`` is ``"model"``: it then registers an internal agent that
+asks the run's model, answers ``route_notes`` with one short call per note (run
+concurrently through ``run_tasks`` like any other task), and picks each note's
+agent in a ``tryfirst`` ``choose_agent``. The answer must name an agent (alone
+on its first line, quotes and backticks allowed); anything else falls back to
+the colour map.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
-import llm
 import pluggy
 
 from command_handlers import hookimpl
-from command_handlers.default_plugins.llm_agents import run_model_id, task_prompt
+from command_handlers.agent_definitions import task_prompt
 from command_handlers.settings import Settings
 
 if TYPE_CHECKING:
     from command_handlers.plugins import AsyncTask
 
+__all__ = ["ROUTER_SYSTEM_PROMPT", "ModelRouter", "configure", "parse_choice", "routing_prompt"]
 
 ROUTER_SYSTEM_PROMPT = (
     "You route a learner's study note to the one explanation agent that will help most. "
@@ -64,28 +68,101 @@ def routing_prompt(note_prompt: str, agents: Mapping[str, str]) -> str:
     return f"Agents:\n{listing}\n\nWhich agent should answer this note?\n\n{note_prompt}"
 
 
+@hookimpl
+def configure(settings: Settings, pm: pluggy.PluginManager) -> None:
+    """Under ``--route model``, register the router for this command.
+
+    Args:
+        settings: The run's settings (``route``).
+        pm: The plugin manager.
+    """
+    if settings.route == "model":
+        pm.register(ModelRouter(pm), name="model-router-agent")
+
+
 class ModelRouter:
-    """A plugin: registers the routing agent and chooses by its answers."""
+    """The router of one command: its agent, ``route_notes`` and ``choose_agent``.
+
+    Args:
+        pm: The plugin manager its routing run goes through.
+    """
 
     AGENT = "model-router"
 
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+
     @hookimpl
     def register_executors(self, register: Callable[..., None], settings: Settings) -> None:
-        """Register the routing agent, which asks the run's model.
+        """Register the internal routing agent, which asks the run's model.
 
         Args:
             register: The registry's register function.
             settings: The run's settings (its ``model``; echo when unset).
         """
-        model_id = run_model_id(settings)
+        model_id = settings.run_model
 
         async def ask(task: AsyncTask) -> dict[str, Any]:
+            import llm  # pylint: disable=import-outside-toplevel  # only a routing run needs it
+
             response = llm.get_async_model(model_id).prompt(
                 task_prompt(task), system=ROUTER_SYSTEM_PROMPT
             )
             return {"text": await response.text(), "agent": self.AGENT, "model": model_id}
 
-        register(self.AGENT, ask, description="Chooses the agent for each note.")
+        register(
+            self.AGENT,
+            ask,
+            description="Chooses the agent for each note.",
+            fingerprint=model_id,
+            internal=True,
+        )
+
+    @hookimpl
+    def route_notes(
+        self, prompts: Mapping[str, str], agents: Mapping[str, str], settings: Settings
+    ) -> Awaitable[dict[str, str]]:
+        """Ask the model, concurrently, which agent should answer each note.
+
+        Args:
+            prompts: Note id -> the note's prompt.
+            agents: Agent name -> description.
+            settings: The run's settings.
+
+        Returns:
+            An awaitable of note id -> the model's answer, for the questions that got one.
+        """
+        return self._route(prompts, agents, settings)
+
+    async def _route(
+        self, prompts: Mapping[str, str], agents: Mapping[str, str], settings: Settings
+    ) -> dict[str, str]:
+        from command_handlers.plugins import (  # pylint: disable=import-outside-toplevel
+            DEFAULT_CONCURRENCY,
+            AsyncTask,
+            run_tasks,
+        )
+
+        tasks = [
+            AsyncTask(f"route:{note_id}", self.AGENT, {"prompt": routing_prompt(prompt, agents)})
+            for note_id, prompt in prompts.items()
+        ]
+        answers: dict[str, str] = {}
+        if not tasks:
+            return answers
+
+        def keep(task_id: str, result: Any, error: str | None) -> None:
+            if error is None and isinstance(result, dict):
+                answers[task_id.split(":", 1)[1]] = str(result.get("text", ""))
+
+        await run_tasks(
+            tasks,
+            pm=self.pm,
+            max_concurrency=settings.max_concurrency or DEFAULT_CONCURRENCY,
+            settings=settings,
+            progress_callback=keep,
+        )
+        return answers
 
     @hookimpl(tryfirst=True)
     def choose_agent(self, context: Mapping[str, Any], agents: Sequence[str]) -> str | None:
@@ -99,46 +176,3 @@ class ModelRouter:
             The agent, or ``None`` to fall back to the next router.
         """
         return parse_choice(context.get("routed"), agents)
-
-    @classmethod
-    async def route(
-        cls,
-        prompts: Mapping[str, str],
-        *,
-        pm: pluggy.PluginManager,
-        settings: Settings,
-        max_concurrency: int,
-    ) -> dict[str, str]:
-        """Ask the model, concurrently, which agent should answer each note.
-
-        Args:
-            prompts: Note id -> the note's prompt.
-            pm: The plugin manager (with this plugin registered).
-            settings: The run's settings.
-            max_concurrency: How many questions at once.
-
-        Returns:
-            Note id -> the model's answer, for the questions that got one.
-        """
-        from command_handlers.plugins import (  # pylint: disable=import-outside-toplevel
-            AsyncTask,
-            collect_executors,
-            run_tasks,
-        )
-
-        described = collect_executors(pm, settings).describe()
-        described.pop(cls.AGENT, None)
-        tasks = [
-            AsyncTask(f"route:{note_id}", cls.AGENT, {"prompt": routing_prompt(prompt, described)})
-            for note_id, prompt in prompts.items()
-        ]
-        answers: dict[str, str] = {}
-
-        def keep(task_id: str, result: Any, error: str | None) -> None:
-            if error is None and isinstance(result, dict):
-                answers[task_id.split(":", 1)[1]] = str(result.get("text", ""))
-
-        await run_tasks(
-            tasks, pm=pm, max_concurrency=max_concurrency, settings=settings, progress_callback=keep
-        )
-        return answers

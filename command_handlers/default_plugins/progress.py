@@ -1,20 +1,19 @@
 """Show a run's progress: a live rich bar, one plain line per task, or nothing.
 
-:class:`ProgressDisplay` is a listener plugin. The command line registers one
-per run::
+A built-in plugin (``progress``). In ``configure`` it registers a
+:class:`ProgressDisplay` for the command when ``settings.display`` is not
+``"quiet"`` (the command line asks for ``"auto"``), and closes it in
+``unconfigure``. A program may register a display of its own::
 
-    display = ProgressDisplay(console=console, mode="auto")
-    pm.register(display, name="progress")
-    try:
+    with ProgressDisplay(console=console, mode="auto") as display:
+        pm.register(display, name="progress-display")
         summary = await run_tasks(tasks, pm=pm)
-    finally:
-        display.close()
 
-It hears ``on_run_start``, ``on_task_start``, ``on_task_progress`` and
+It hears ``on_run_start``, ``on_task_start``, ``on_task_end`` and
 ``on_run_end``, keeps per-task durations and per-agent counts
 (:attr:`ProgressDisplay.durations`, :attr:`ProgressDisplay.stats`), and at the
 end of the run prints a table of the agents. It never imports the engine or the
-plugin layer: a run and a task are whatever has the attributes it reads.
+plugin layer: a run, a task and an outcome are whatever has the attributes it reads.
 """
 
 from __future__ import annotations
@@ -36,21 +35,23 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from command_handlers import hookimpl
-from command_handlers.hookspecs import RunView, TaskView
+from command_handlers.hookspecs import OutcomeView, RunView, TaskView
+from command_handlers.settings import DISPLAY_MODES, Settings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from types import TracebackType
     from typing import Any
 
-__all__ = ["MODES", "ProgressDisplay"]
+    import pluggy
+
+__all__ = ["MODES", "ProgressDisplay", "configure"]
 
 #: The display modes :class:`ProgressDisplay` accepts.
-MODES = ("auto", "bar", "plain", "quiet")
+MODES = DISPLAY_MODES
 
-_SKIP_PREFIX = "skipped:"
-_CANCEL_PREFIX = "cancelled:"
 _OK, _FAILED, _SKIPPED, _CANCELLED = range(4)
+_STATUS = {"success": _OK, "failed": _FAILED, "skipped": _SKIPPED, "cancelled": _CANCELLED}
 _STYLES = ("green", "red", "yellow", "yellow")
 _UNKNOWN_AGENT = "?"
 
@@ -292,22 +293,18 @@ class ProgressDisplay:
             self._print(line)
 
     @hookimpl
-    def on_task_progress(self, task_id: str, result: Any, error: str | None) -> None:
-        """Count the finished task, advance the bar or print its line.
-
-        A task that never started and has an error was skipped (the engine skips
-        the dependents of a failed task without starting them).
+    def on_task_end(self, task: TaskView, outcome: OutcomeView) -> None:
+        """Count the finished task by its status, advance the bar or print its line.
 
         Args:
-            task_id: The task's id.
-            result: Not read.
-            error: ``None`` on success, else the error text.
+            task: The task.
+            outcome: What became of it.
         """
-        del result
         if self._quiet:
             return
+        task_id = task.task_id
         start = self._started.pop(task_id, None)
-        agent = self._agent_of.get(task_id) or self._adopt(task_id, _UNKNOWN_AGENT)
+        agent = self._agent_of.get(task_id) or self._adopt(task_id, task.agent_name)
         stats = self._agents[agent]
         counts = self._counts
         counts.done += 1
@@ -318,27 +315,24 @@ class ProgressDisplay:
             stats.ran += 1
             stats.seconds += duration
             counts.running -= 1
-        if error is None:
-            status = _OK
+        status = _STATUS[outcome.status]
+        if status == _OK:
             stats.ok += 1
             counts.ok += 1
-        elif start is None and error.startswith(_SKIP_PREFIX):
-            status = _SKIPPED
+        elif status == _SKIPPED:
             stats.skipped += 1
             counts.skipped += 1
-        elif error.startswith(_CANCEL_PREFIX):
-            status = _CANCELLED
+        elif status == _CANCELLED:
             stats.cancelled += 1
             counts.cancelled += 1
         else:
-            status = _FAILED
             stats.failed += 1
             counts.failed += 1
         if self._progress is not None:
             self._progress.advance(self._bar)
             if status != _FAILED and not self._verbose:
                 return
-        self._print(self._finished_line(task_id, agent, duration, error, status))
+        self._print(self._finished_line(task_id, agent, duration, outcome.error, status))
 
     @hookimpl
     def on_run_end(self, run: RunView, summary: Mapping[str, Any]) -> None:
@@ -365,6 +359,11 @@ class ProgressDisplay:
         if counts.cancelled:
             footer.append(f", {counts.cancelled} cancelled", style="yellow")
         console.print(footer, soft_wrap=True)
+
+    @hookimpl
+    def unconfigure(self) -> None:
+        """The command is over: stop a bar its run abandoned (see :meth:`close`)."""
+        self.close()
 
     # -- the rest ------------------------------------------------------------------
 
@@ -439,12 +438,9 @@ class ProgressDisplay:
         counts = self._counts
         line = Text(f"[{counts.done:>{self._width}}/{counts.total}] ", style="dim")
         if status in (_SKIPPED, _CANCELLED):
-            word, prefix = (
-                ("skipped", _SKIP_PREFIX) if status == _SKIPPED else ("cancelled", _CANCEL_PREFIX)
-            )
-            line.append(f"{word} ", style="yellow")
+            line.append("skipped " if status == _SKIPPED else "cancelled ", style="yellow")
             line.append(task_id, style="bold")
-            line.append(f": {_one_line(str(error)[len(prefix) :].strip())}")
+            line.append(f": {_one_line(str(error))}")
             return line
         line.append("ok      " if status == _OK else "failed  ", style=_STYLES[status])
         line.append(task_id, style="bold")
@@ -475,3 +471,16 @@ class ProgressDisplay:
             cells.append(f"{stats.seconds / stats.ran:.1f}" if stats.ran else "-")
             table.add_row(*cells)
         return table
+
+
+@hookimpl
+def configure(settings: Settings, pm: pluggy.PluginManager) -> None:
+    """Show the command's runs, unless ``settings.display`` is ``"quiet"``.
+
+    Args:
+        settings: The run's settings (``display``, ``verbose``).
+        pm: The plugin manager.
+    """
+    if settings.display != "quiet":
+        display = ProgressDisplay(mode=settings.display, verbose=settings.verbose)
+        pm.register(display, name="progress-display")

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import pytest
 
 from command_handlers import cli, hookimpl
+from command_handlers.default_plugins import progress
 from command_handlers.default_plugins.progress import ProgressDisplay
 from command_handlers.fileio import read_canvas
 from command_handlers.intelligent_parallel_handler import IntelligentParallelCommandHandler
@@ -904,8 +905,8 @@ def test_ctrl_c_in_process(
 
     class SignallingDisplay(ProgressDisplay):
         @hookimpl
-        def on_task_progress(self, task_id: str, result: Any, error: str | None) -> None:
-            super().on_task_progress(task_id, result, error)
+        def on_task_end(self, task: Any, outcome: Any) -> None:
+            super().on_task_end(task, outcome)
             events["first"].set()
 
     real_run = asyncio.run
@@ -922,7 +923,7 @@ def test_ctrl_c_in_process(
         real_run(interrupted())
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "ProgressDisplay", SignallingDisplay)
+    monkeypatch.setattr(progress, "ProgressDisplay", SignallingDisplay)
     monkeypatch.setattr(cli.asyncio, "run", interrupting_run)
 
     code, _, err = run_cli(canvas_file, "--agent-command", agent_program.command)
@@ -958,7 +959,7 @@ def test_ctrl_c_in_process_through_the_signal_handler(
                 await asyncio.sleep(30)
             return {"text": f"answer for {task.task_id}"}
 
-    monkeypatch.setattr(cli, "ProgressDisplay", InterruptingDisplay)
+    monkeypatch.setattr(progress, "ProgressDisplay", InterruptingDisplay)
 
     code, _, err = run_cli(canvas_file, "--grace", "0.2")
 
@@ -1091,15 +1092,15 @@ async def test_a_canvas_changed_during_the_run_is_not_overwritten(canvas_file: P
 
     result = await handler.run(canvas_file, {"auto": True, "max": 1})
 
-    assert result["success"] is False
-    assert "changed on disk" in result["message"]
-    assert result["canvas"] is None
+    assert result.success is False
+    assert "changed on disk" in result.message
+    assert result.canvas is None
     edited = load(canvas_file)
     assert {n["id"] for n in edited["nodes"]} >= {f"new-{n}:{DEFAULT_AGENT}" for n in NOTE_IDS}
     assert not any(node.get("color") == "5" for node in edited["nodes"])
     assert not (canvas_file.parent / "notes.canvas.bak").exists()
     assert handler.side_file is not None
-    assert result["side_file"] == str(handler.side_file)
+    assert result.side_file == str(handler.side_file)
     saved = json.loads(handler.side_file.read_text(encoding="utf-8"))
     assert saved["reason"] == "canvas changed on disk"
     assert {a["node_id"] for a in saved["answers"]} == set(NOTE_IDS)

@@ -365,7 +365,7 @@ def test_fail_fast_reports_the_rest_as_cancelled_not_failed(
     assert "exited with code 1" in tasks["n1"]["error"]
     for note_id in ("n2", "n3", "n4", "n5"):
         assert tasks[note_id]["status"] == "cancelled", tasks[note_id]
-        assert tasks[note_id]["error"].startswith("cancelled: fail-fast")
+        assert tasks[note_id]["error"].startswith("fail-fast: task 'n1:")
     stats = json.loads(report.read_text(encoding="utf-8"))["stats"]
     assert (stats["errors"], stats["cancelled"]) == (1, 4)
     assert len(agent.calls()) <= 2  # nothing started after the failure

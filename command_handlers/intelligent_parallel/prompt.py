@@ -5,8 +5,8 @@ Layout (documented in ``docs/agents.md``)::
     # Topic
     <what the note is about: the first line of its first material, else of the note>
 
-    ## Material
-    ### <edge label, or "Linked from" / "Links to"> — <node kind>
+    ## Material                        (only when nodes are linked to the note)
+    ### <label>
     <text of the linked node>
 
     ## Learner's understanding
@@ -15,6 +15,12 @@ Layout (documented in ``docs/agents.md``)::
     ## Prerequisite answers            (only with --follow-edges)
     ### <agent> on: <topic of the earlier note>
     <its answer>
+
+A material's ``<label>`` is what the command passes as :attr:`Material.label`:
+the edge's label, or ``Linked from`` / ``Links to`` for an edge without one,
+then the linked node's kind in brackets, as in ``### question (text node)`` or
+``### Links to (link node)``. Sections are separated by one blank line, as are
+the items of a section; the message ends with one newline.
 """
 
 from __future__ import annotations

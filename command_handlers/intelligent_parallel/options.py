@@ -16,8 +16,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from command_handlers.plugins import RateLimit, RetryPolicy, RunPolicy
-from command_handlers.settings import DEFAULT_COLOR_MAP, Settings
+from command_handlers.canvas import DEFAULT_MAX_BYTES
+from command_handlers.plugins import (
+    DEFAULT_CONCURRENCY,
+    MAX_CONCURRENCY,
+    MIN_CONCURRENCY,
+    RateLimit,
+    RetryPolicy,
+    RunPolicy,
+    check_limit,
+)
+from command_handlers.settings import DEFAULT_COLOR_MAP, DEFAULT_TIMEOUT, DISPLAY_MODES, Settings
 
 __all__ = ["CommandInputError", "Options", "parse_color_map"]
 
@@ -70,9 +79,9 @@ def _as_list(value: Any, what: str) -> list[str]:
 
 @dataclass
 class Options:
-    """The handler's options, checked."""
+    """The handler's options, checked; the command's defaults are these fields' defaults."""
 
-    max: int = 12
+    max: int = DEFAULT_CONCURRENCY
     auto: bool = False
     dry_run: bool = False
     nodes: list[str] = field(default_factory=list)
@@ -89,9 +98,12 @@ class Options:
     model: str | None = None
     agents_dirs: list[str] = field(default_factory=list)
     agent_command: list[str] | None = None
-    timeout: float = 600.0
+    timeout: float = DEFAULT_TIMEOUT
     color_map: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_COLOR_MAP))
     load_plugins: bool = True
+    disable_plugins: list[str] = field(default_factory=list)
+    plugins: list[str] = field(default_factory=list)
+    progress: str = "quiet"
     retries: int = 2
     retry_base: float = 1.0
     retry_cap: float = 30.0
@@ -104,7 +116,7 @@ class Options:
     force: bool = False
     replace: bool = False
     grace: float = 30.0
-    max_canvas_mb: float = 50.0
+    max_canvas_mb: float = DEFAULT_MAX_BYTES / (1024 * 1024)
 
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None) -> Options:
@@ -115,7 +127,7 @@ class Options:
         unknown = sorted(set(opts) - known)
         if unknown:
             raise CommandInputError(f"unknown option(s): {', '.join(unknown)}")
-        parsed.max = _check_max(opts.get("max", 12))
+        parsed.max = _check_max(opts.get("max", parsed.max))
         for flag in (
             "auto",
             "dry_run",
@@ -150,20 +162,46 @@ class Options:
             stop_grace=self.grace,
         )
 
-    def settings(self) -> Settings:
-        """The settings plugins read."""
+    @property
+    def max_canvas_bytes(self) -> int:
+        """The largest canvas read, in bytes."""
+        return int(self.max_canvas_mb * 1024 * 1024)
+
+    def settings(self, canvas_path: Path | None = None) -> Settings:
+        """The settings plugins read.
+
+        Args:
+            canvas_path: The canvas the command reads.
+
+        Returns:
+            The settings.
+        """
         return Settings(
             model=self.model,
             agents_dirs=tuple(Path(d) for d in self.agents_dirs),
             agent_command=tuple(self.agent_command) if self.agent_command else None,
             command_timeout=self.timeout,
             color_map=self.color_map,
+            max_concurrency=self.max,
+            route=self.route,
+            canvas_path=canvas_path,
+            output_path=Path(self.output) if self.output else canvas_path,
+            journal_path=Path(self.journal) if self.journal else None,
+            display=self.progress,
+            verbose=self.verbose,
         )
 
 
 def _parse_selection(parsed: Options, opts: Mapping[str, Any]) -> None:
     """Which notes, which agents: check and set the options that choose them."""
     parsed.load_plugins = not opts.get("no_plugins", False) and opts.get("load_plugins", True)
+    parsed.disable_plugins = _as_list(opts.get("disable_plugins"), "disable_plugins")
+    parsed.plugins = _as_list(opts.get("plugins"), "plugins")
+    parsed.progress = str(opts.get("progress", parsed.progress))
+    if parsed.progress not in DISPLAY_MODES:
+        raise CommandInputError(
+            f"progress must be one of {', '.join(DISPLAY_MODES)}, got {parsed.progress!r}"
+        )
     parsed.nodes = _as_list(opts.get("nodes"), "nodes")
     parsed.colors = [_check_color(c.lower()) for c in _as_list(opts.get("colors"), "colors")]
     parsed.agents = _as_list(opts.get("agents"), "agents")
@@ -192,15 +230,17 @@ def _parse_selection(parsed: Options, opts: Mapping[str, Any]) -> None:
 
 def _parse_running(parsed: Options, opts: Mapping[str, Any]) -> None:
     """How the agents run: check and set timeouts, retries, rates and the journal."""
-    timeout = opts.get("timeout", 600.0)
+    timeout = opts.get("timeout", parsed.timeout)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise CommandInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
     parsed.timeout = float(timeout)
-    parsed.retries = _whole(opts.get("retries", 2), "retries")
-    parsed.retry_base = _seconds(opts.get("retry_base", 1.0), "retry_base")
-    parsed.retry_cap = _seconds(opts.get("retry_cap", 30.0), "retry_cap")
-    parsed.grace = _seconds(opts.get("grace", 30.0), "grace")
-    parsed.max_canvas_mb = _seconds(opts.get("max_canvas_mb", 50.0), "max_canvas_mb")
+    parsed.retries = _whole(opts.get("retries", parsed.retries), "retries")
+    parsed.retry_base = _seconds(opts.get("retry_base", parsed.retry_base), "retry_base")
+    parsed.retry_cap = _seconds(opts.get("retry_cap", parsed.retry_cap), "retry_cap")
+    parsed.grace = _seconds(opts.get("grace", parsed.grace), "grace")
+    parsed.max_canvas_mb = _seconds(
+        opts.get("max_canvas_mb", parsed.max_canvas_mb), "max_canvas_mb"
+    )
     if opts.get("rate") is not None:
         parsed.rate = _check_rate(str(opts["rate"]))
     agent_rates = opts.get("agent_rates") or {}
@@ -212,6 +252,8 @@ def _parse_running(parsed: Options, opts: Mapping[str, Any]) -> None:
     if opts.get("journal") is not None:
         parsed.journal = os.fspath(opts["journal"])
     parsed.use_journal = not opts.get("no_journal", False) and opts.get("use_journal", True)
+    if not parsed.use_journal and "journal" not in parsed.disable_plugins:
+        parsed.disable_plugins.append("journal")
 
 
 def _whole(value: Any, what: str) -> int:
@@ -245,8 +287,10 @@ def _check_max(value: Any) -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise CommandInputError(
-            f"max concurrency must be a whole number from 1 to 20, got {value!r}"
+            f"max concurrency must be a whole number from {MIN_CONCURRENCY} to"
+            f" {MAX_CONCURRENCY}, got {value!r}"
         )
-    if not 1 <= value <= 20:
-        raise CommandInputError(f"max concurrency must be between 1 and 20, got {value}")
-    return int(value)
+    try:
+        return check_limit("max concurrency", value)
+    except ValueError as exc:
+        raise CommandInputError(str(exc)) from None

@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from command_handlers.answered import ANSWER_COLOR, KnownAnswer
 from command_handlers.canvas import Canvas, Node
+from command_handlers.intelligent_parallel.answered import ANSWER_COLOR, KnownAnswer
 
 __all__ = [
     "CARD_SIZE",

@@ -1,0 +1,1 @@
+"""The plugin layer's parts: loading plugins by name, the executor registry, listener dispatch."""

@@ -1,0 +1,127 @@
+"""Call every implementation of a hook one by one, cheaply: listeners isolated, preparers not."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import operator
+from types import CoroutineType
+from typing import Any, Callable
+
+import pluggy
+
+from command_handlers._plugins.registry import plugin_name
+
+__all__ = ["Listeners", "is_coroutine_function"]
+
+logger = logging.getLogger("command_handlers.plugins")
+
+
+def _adapt(
+    function: Callable[..., Any], positions: tuple[int, ...], arity: int
+) -> Callable[..., Any]:
+    """Make an implementation that takes some of a hook's arguments accept all of them."""
+    if positions == tuple(range(arity)):
+        return function
+    if not positions:
+        return lambda *args: function()
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda *args: function(args[only])
+    pick = operator.itemgetter(*positions)
+    return lambda *args: function(*pick(args))
+
+
+def is_coroutine_function(function: Callable[..., Any]) -> bool:
+    """Whether calling ``function`` gives a coroutine (``async def``, async ``__call__``)."""
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(type(function), "__call__", None)  # noqa: B004 - an async __call__ method
+    )
+
+
+def _awaitable(value: Any) -> bool:
+    return value is not None and (type(value) is CoroutineType or inspect.isawaitable(value))
+
+
+class Listeners:
+    """The implementations of one hook, called positionally in pluggy's order.
+
+    Pluggy's own dispatch builds a keyword dict per call; a run calls its
+    listeners several times per task, so each implementation is adapted once
+    to the hook's positional arguments instead.
+
+    Args:
+        pm: The plugin manager.
+        hook_name: The hook.
+        extra: The caller's own callback, called after the plugins.
+        extra_name: What the caller calls it, for the log.
+    """
+
+    def __init__(
+        self,
+        pm: pluggy.PluginManager,
+        hook_name: str,
+        extra: Callable[..., Any] | None = None,
+        extra_name: str = "progress_callback",
+    ) -> None:
+        caller = getattr(pm.hook, hook_name)
+        spec_args = tuple(caller.spec.argnames) if caller.spec else ()
+        impls = [
+            impl
+            for impl in reversed(caller.get_hookimpls())
+            if not (impl.hookwrapper or impl.wrapper)
+        ]
+        self.hook_name = hook_name
+        self.extra_name = extra_name
+        self.impls = [
+            (
+                _adapt(
+                    impl.function,
+                    tuple(spec_args.index(name) for name in impl.argnames),
+                    len(spec_args),
+                ),
+                plugin_name(pm, impl),
+            )
+            for impl in impls
+        ]
+        self.is_async = any(is_coroutine_function(impl.function) for impl in impls)
+        if extra is not None:
+            self.impls.append((extra, ""))
+            self.is_async = self.is_async or is_coroutine_function(extra)
+
+    def callback(self) -> Callable[..., Any] | None:
+        """The cheapest callable that calls every implementation, or None if there is none."""
+        if not self.impls:
+            return None
+        return self.call_async if self.is_async else self.call_sync
+
+    def call_sync(self, *args: Any) -> None:
+        """Call every implementation (all plain functions); log what raises."""
+        for function, plugin in self.impls:
+            try:
+                function(*args)
+            except Exception:  # pylint: disable=broad-exception-caught
+                self._log(plugin, args)
+
+    async def call_async(self, *args: Any) -> None:
+        """Call every implementation, awaiting coroutines; log what raises."""
+        for function, plugin in self.impls:
+            try:
+                outcome = function(*args)
+                if _awaitable(outcome):
+                    await outcome
+            except Exception:  # pylint: disable=broad-exception-caught
+                self._log(plugin, args)
+
+    async def call_strict(self, *args: Any) -> None:
+        """Call every implementation, awaiting coroutines; what one raises propagates."""
+        for function, _ in self.impls:
+            outcome = function(*args)
+            if _awaitable(outcome):
+                await outcome
+
+    def _log(self, plugin: str, args: tuple[Any, ...]) -> None:
+        if plugin:
+            logger.exception("plugin %r raised in %s; the run goes on", plugin, self.hook_name)
+        else:
+            logger.exception("%s raised for task %r; the run goes on", self.extra_name, args[0])

@@ -1,0 +1,254 @@
+"""The executors plugins registered, by agent name, and the ``register_executors`` call."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pluggy
+
+from command_handlers.async_execution_engine import AsyncTask, RateLimit
+from command_handlers.settings import Settings
+
+__all__ = [
+    "DuplicateAgentError",
+    "ExecutorRegistry",
+    "UnknownAgentError",
+    "collect_executors",
+    "plugin_name",
+]
+
+Executor = Callable[[AsyncTask], Awaitable[Any]]
+
+
+class DuplicateAgentError(ValueError):
+    """Two plugins registered executors under one agent name."""
+
+
+class UnknownAgentError(LookupError):
+    """A task names an agent that no plugin registered."""
+
+
+@dataclass(frozen=True)
+class _Registration:
+    executor: Executor
+    plugin: str
+    max_concurrency: int | None
+    description: str
+    override: bool
+    rate: RateLimit | None = None
+    fingerprint: str | None = None
+    internal: bool = False
+
+
+class ExecutorRegistry:
+    """The executors plugins registered, by agent name."""
+
+    def __init__(self) -> None:
+        self._agents: dict[str, _Registration] = {}
+
+    def add(
+        self,
+        plugin: str,
+        agent_name: str,
+        executor: Executor,
+        max_concurrency: int | None = None,
+        *,
+        description: str = "",
+        override: bool = False,
+        rate: RateLimit | float | str | None = None,
+        fingerprint: str | None = None,
+        internal: bool = False,
+    ) -> None:
+        """Register ``executor`` for ``agent_name`` on behalf of ``plugin``.
+
+        Args:
+            plugin: The registering plugin's name.
+            agent_name: The agent the executor serves.
+            executor: ``async def (task) -> dict``.
+            max_concurrency: At most this many calls of this agent at once.
+            description: One line saying what the agent does (routers read it).
+            override: Win over another plugin's registration of the same name.
+            rate: At most this many calls of this agent start per second
+                (``"10/min"``, a number per second, or a :class:`RateLimit`).
+            fingerprint: What answers (a model id, a command line), part of
+                every answer's input hash.
+            internal: Keep the agent out of :attr:`names` (a plugin's own helper).
+
+        Raises:
+            TypeError: ``executor`` is not callable.
+            ValueError: ``max_concurrency`` is not a positive int, or ``rate`` not a rate.
+            DuplicateAgentError: Another plugin registered the name and neither
+                or both override.
+        """
+        if not callable(executor):
+            raise TypeError(
+                f"plugin {plugin!r}: executor for agent {agent_name!r} must be callable"
+            )
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or max_concurrency < 1
+        ):
+            raise ValueError(
+                f"plugin {plugin!r}: max_concurrency of agent {agent_name!r} must be a positive"
+                f" int, got {max_concurrency!r}"
+            )
+        try:
+            limit = RateLimit.parse(rate) if rate is not None else None
+        except ValueError as error:
+            raise ValueError(f"plugin {plugin!r}: agent {agent_name!r}: {error}") from None
+        new = _Registration(
+            executor, plugin, max_concurrency, description, override, limit, fingerprint, internal
+        )
+        old = self._agents.get(agent_name)
+        if old is not None and old.override == override:
+            raise DuplicateAgentError(
+                f"agent {agent_name!r} is registered by both plugin {old.plugin!r} and plugin"
+                f" {plugin!r}; pass override=True in the one that should win"
+            )
+        if old is None or override:
+            self._agents[agent_name] = new
+
+    @property
+    def names(self) -> list[str]:
+        """The agents a note may get, sorted (internal agents left out)."""
+        return sorted(name for name, reg in self._agents.items() if not reg.internal)
+
+    def describe(self) -> dict[str, str]:
+        """Return agent name -> description, sorted by name (internal agents left out)."""
+        return {name: self._agents[name].description for name in self.names}
+
+    def owner(self, agent_name: str) -> str:
+        """Return the name of the plugin that serves ``agent_name``.
+
+        Args:
+            agent_name: A registered agent.
+
+        Returns:
+            The plugin's name.
+
+        Raises:
+            UnknownAgentError: Nobody registered the agent.
+        """
+        return self._lookup(agent_name).plugin
+
+    def fingerprint(self, agent_name: str) -> str | None:
+        """Return what answers for ``agent_name``, as its plugin said (``None``: not said).
+
+        Args:
+            agent_name: A registered agent.
+
+        Returns:
+            The fingerprint.
+
+        Raises:
+            UnknownAgentError: Nobody registered the agent.
+        """
+        return self._lookup(agent_name).fingerprint
+
+    def limits(self) -> dict[str, int]:
+        """Return agent name -> its own limit, for the agents that have one."""
+        return {
+            name: reg.max_concurrency
+            for name, reg in self._agents.items()
+            if reg.max_concurrency is not None
+        }
+
+    def rates(self) -> dict[str, RateLimit]:
+        """Return agent name -> its rate limit, for the agents that have one."""
+        return {name: reg.rate for name, reg in self._agents.items() if reg.rate is not None}
+
+    def _lookup(self, agent_name: str) -> _Registration:
+        try:
+            return self._agents[agent_name]
+        except KeyError:
+            raise UnknownAgentError(
+                f"no executor registered for agent {agent_name!r}; registered agents: "
+                + (", ".join(sorted(self._agents)) or "none")
+            ) from None
+
+    def router(self) -> Callable[[AsyncTask], Awaitable[Any]]:
+        """Return a function that starts each task on its agent's executor.
+
+        Returns:
+            ``route(task)``, as :meth:`route`, with the executors looked up once.
+        """
+        executors = {name: reg.executor for name, reg in self._agents.items()}
+
+        def route(task: AsyncTask) -> Awaitable[Any]:
+            executor = executors.get(task.agent_name)
+            if executor is None:
+                self._lookup(task.agent_name)  # raises UnknownAgentError
+            return executor(task)  # type: ignore[misc]
+
+        return route
+
+    def route(self, task: AsyncTask) -> Awaitable[Any]:
+        """Start the work of ``task`` on its agent's executor.
+
+        Args:
+            task: The task.
+
+        Returns:
+            The executor's awaitable.
+
+        Raises:
+            UnknownAgentError: Nobody registered ``task.agent_name``.
+        """
+        return self._lookup(task.agent_name).executor(task)
+
+
+def plugin_name(pm: pluggy.PluginManager, impl: pluggy.HookImpl) -> str:
+    """The name a hook implementation's plugin is registered under."""
+    return pm.get_name(impl.plugin) or impl.plugin_name
+
+
+def collect_executors(
+    pm: pluggy.PluginManager, settings: Settings | None = None
+) -> ExecutorRegistry:
+    """Ask every plugin to register its executors.
+
+    Args:
+        pm: The plugin manager.
+        settings: The run's settings (defaults when ``None``).
+
+    Returns:
+        The registry of every agent registered.
+
+    Raises:
+        DuplicateAgentError: Two plugins registered one agent name.
+    """
+    registry = ExecutorRegistry()
+    arguments: dict[str, Any] = {"settings": settings or Settings()}
+    for impl in reversed(pm.hook.register_executors.get_hookimpls()):
+        plugin = plugin_name(pm, impl)
+
+        def register(
+            agent_name: str,
+            executor: Executor,
+            max_concurrency: int | None = None,
+            *,
+            description: str = "",
+            override: bool = False,
+            rate: RateLimit | float | str | None = None,
+            fingerprint: str | None = None,
+            internal: bool = False,
+            _plugin: str = plugin,
+        ) -> None:
+            registry.add(
+                _plugin,
+                agent_name,
+                executor,
+                max_concurrency,
+                description=description,
+                override=override,
+                rate=rate,
+                fingerprint=fingerprint,
+                internal=internal,
+            )
+
+        arguments["register"] = register
+        impl.function(*(arguments[name] for name in impl.argnames))
+    return registry

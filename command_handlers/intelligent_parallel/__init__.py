@@ -1,0 +1,18 @@
+"""The ``/intelligent-parallel`` command, as a package: one module per step.
+
+* :mod:`.notes`: which notes a run sends, with their material and prerequisites;
+* :mod:`.hashes`: what each answer depends on;
+* :mod:`.answered`: the answers this tool already wrote on a canvas;
+* :mod:`.prompt`: the message an agent receives for one note;
+* :mod:`.plan`: what to answer again, and the plan the user confirms;
+* :mod:`.options`: the command's options, checked, and their defaults;
+* :mod:`.write_back`: documents, cards and edges written back;
+* :mod:`.result`: the typed result, turned into the origin's dict at the edge;
+* :mod:`.handler`: the origin's ``IntelligentParallelCommandHandler``.
+"""
+
+from command_handlers.intelligent_parallel.handler import IntelligentParallelCommandHandler
+from command_handlers.intelligent_parallel.options import CommandInputError
+from command_handlers.intelligent_parallel.result import CommandResult
+
+__all__ = ["CommandInputError", "CommandResult", "IntelligentParallelCommandHandler"]

@@ -1,0 +1,565 @@
+"""The ``/intelligent-parallel`` command: a learner's canvas in, explanations out.
+
+Every learner's note (a text node of colour "6") goes to an explanation agent at
+the same time, through the plugin layer (:func:`command_handlers.plugins.run_tasks`);
+each answer is written back beside its note (:mod:`.write_back`).
+The command reaches the built-ins (journal, progress display, model router,
+agents) only through hooks: it sets them up (``check_settings``,
+``configure``), asks them (``recorded_answers``, ``route_notes``,
+``choose_agent``), and tells them (``on_canvas_written``, ``unconfigure``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pluggy
+
+from command_handlers import hookimpl
+from command_handlers.canvas import Canvas, CanvasError
+from command_handlers.fileio import changed_on_disk, read_canvas, save_canvas
+from command_handlers.hookspecs import OutcomeView, TaskView, WrittenAnswer
+from command_handlers.intelligent_parallel.answered import AnswerIndex, find_answers
+from command_handlers.intelligent_parallel.hashes import InputHashes
+from command_handlers.intelligent_parallel.notes import (
+    NOTE_COLOR,
+    Note,
+    link_prerequisites,
+    select_notes,
+    task_id,
+)
+from command_handlers.intelligent_parallel.options import CommandInputError, Options
+from command_handlers.intelligent_parallel.plan import (
+    decide_all,
+    earlier_answers,
+    make_plan,
+    replacing,
+    skipped_pairs,
+)
+from command_handlers.intelligent_parallel.prompt import Prerequisite, build_prompt
+from command_handlers.intelligent_parallel.result import (
+    NOTHING_SELECTED,
+    CommandResult,
+    make_stats,
+    report,
+    task_row,
+)
+from command_handlers.intelligent_parallel.write_back import (
+    Layout,
+    docs_folder,
+    save_side_file,
+    write_answers,
+)
+from command_handlers.plugins import (
+    DEFAULT_DEPENDENCY_LIMIT,
+    AsyncTask,
+    DependencyCycleError,
+    ExecutorRegistry,
+    PluginLoadError,
+    collect_executors,
+    get_plugin_manager,
+    notify,
+    run_tasks,
+)
+from command_handlers.settings import Settings
+
+__all__ = ["IntelligentParallelCommandHandler"]
+
+
+class _Outcomes:
+    """The command's own listener: what became of each task."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, OutcomeView] = {}
+
+    @hookimpl(tryfirst=True)
+    def on_task_end(self, task: TaskView, outcome: OutcomeView) -> None:
+        """Keep the outcome."""
+        self.outcomes[task.task_id] = outcome
+
+    def answer_text(self, key: str) -> str | None:
+        """The text of a task's answer, if it succeeded."""
+        outcome = self.outcomes.get(key)
+        if outcome is None or outcome.status != "success":
+            return None
+        result = outcome.result
+        return str(result.get("text", "")) if isinstance(result, Mapping) else str(result)
+
+    def answers(self, tasks: Sequence[AsyncTask]) -> list[dict[str, Any]]:
+        """The successful answers, for a side file."""
+        found = []
+        for task in tasks:
+            outcome = self.outcomes.get(task.task_id)
+            if outcome is not None and outcome.status == "success":
+                result = outcome.result
+                found.append(
+                    {
+                        "task_id": task.task_id,
+                        "node_id": task.node_data["note_id"],
+                        "agent": task.agent_name,
+                        **(dict(result) if isinstance(result, Mapping) else {"text": str(result)}),
+                    }
+                )
+        return found
+
+
+class _Prerequisites:
+    """With ``--follow-edges``: a note's prompt gets the answers of the notes it builds on.
+
+    Done in ``prepare_task``, so that a failure fails the task instead of
+    answering the note without its prerequisites.
+    """
+
+    def __init__(
+        self, notes: Mapping[str, Note], outcomes: _Outcomes, earlier: Mapping[str, str]
+    ) -> None:
+        self.notes = notes
+        self.outcomes = outcomes
+        self.earlier = earlier
+
+    @hookimpl
+    def prepare_task(self, task: TaskView) -> None:
+        """Complete the prompt of a note that builds on others."""
+        note = self.notes[task.node_data["note_id"]]
+        if not note.after:
+            return
+        prerequisites = []
+        for earlier in note.after:
+            for agent in self.notes[earlier].agents:
+                key = task_id(earlier, agent)
+                text = self.outcomes.answer_text(key)
+                if text is None:
+                    text = self.earlier.get(key)
+                if text is not None:
+                    prerequisites.append(Prerequisite(agent, self.notes[earlier].topic, text))
+        data = task.node_data
+        assert isinstance(data, dict)
+        data["prompt"] = build_prompt(note.text, note.material, prerequisites)
+
+
+@dataclass(frozen=True)
+class _Command:
+    """What every step of one command run reads."""
+
+    canvas: Canvas
+    opts: Options
+    settings: Settings
+    pm: pluggy.PluginManager
+    registry: ExecutorRegistry
+    known: AnswerIndex
+    notes: Mapping[str, Note]
+    notices: Sequence[str]
+
+
+class IntelligentParallelCommandHandler:
+    """The ``/intelligent-parallel`` command, with the origin's interface.
+
+    Args:
+        session_id: An id for this session (a fresh one when ``None``).
+        plugins: Extra plugin objects registered for every run, before the
+            agents are listed: listeners, and plugins that register executors
+            or choose agents.
+        confirm: Asked with the plan before any agent is called, unless the
+            ``auto`` option is set; returning ``False`` cancels the run.
+    """
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        *,
+        plugins: Sequence[object] = (),
+        confirm: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> None:
+        self.session_id = session_id or uuid.uuid4().hex[:12]
+        self.plugins = list(plugins)
+        self.confirm = confirm
+        #: Where the answers of the last run went when the canvas could not be written.
+        self.side_file: Path | None = None
+        self._stop: asyncio.Event | None = None
+
+    def request_stop(self) -> bool:
+        """Start no new agent call; let running ones finish (up to the grace), then write.
+
+        Call it from the event loop running :meth:`run` (a signal handler, say).
+
+        Returns:
+            Whether a run was under way to be stopped.
+        """
+        if self._stop is None or self._stop.is_set():
+            return False
+        self._stop.set()
+        return True
+
+    def execute(
+        self, canvas_path: str | os.PathLike[str], options: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Run the command in a fresh event loop (see :meth:`execute_async`).
+
+        Args:
+            canvas_path: The canvas file.
+            options: The origin's options (``max``, ``auto``, ``dry_run``,
+                ``nodes``, ``verbose``) and more (``docs/cli.md``).
+
+        Returns:
+            The result dict of :meth:`execute_async`.
+        """
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(self.execute_async(canvas_path, options))
+        finally:
+            loop.close()
+
+    async def execute_async(
+        self, canvas_path: str | os.PathLike[str], options: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Answer every selected note of a canvas and write the answers back.
+
+        Notes already answered (``docs/cli.md``, "How a run decides what to
+        answer") are skipped unless the ``force`` option is set.
+
+        Args:
+            canvas_path: The canvas file.
+            options: See :meth:`execute`.
+
+        Returns:
+            ``{"success", "session_id", "stats": {"total_nodes",
+            "processed_nodes", "generated_docs", "created_blue_nodes",
+            "errors", "skipped_answered", ...}, "results": [...]}`` and more;
+            with nothing to process ``{"success": False, "message": "No
+            yellow nodes found"}``; bad input gives ``success`` ``False`` and
+            ``message`` saying why.
+        """
+        try:
+            return (await self.run(canvas_path, options)).as_dict()
+        except CommandInputError as exc:
+            return {
+                "success": False,
+                "session_id": self.session_id,
+                "message": str(exc),
+                "error": str(exc),
+            }
+
+    async def run(
+        self, canvas_path: str | os.PathLike[str], options: Mapping[str, Any] | None = None
+    ) -> CommandResult:
+        """Like :meth:`execute_async`, but typed, and bad input raises.
+
+        Args:
+            canvas_path: The canvas file.
+            options: See :meth:`execute`.
+
+        Returns:
+            The result.
+
+        Raises:
+            CommandInputError: Bad input; nothing was called or written.
+            asyncio.CancelledError: The run was interrupted; the canvas is
+                untouched and finished answers are in :attr:`side_file`.
+        """
+        self.side_file = None
+        opts = Options.parse(options)
+        canvas = _load(canvas_path, opts.max_canvas_bytes)
+        settings = opts.settings(canvas.path)
+        pm = self._plugin_manager(opts)
+        notices = _refused_as_input(lambda: _notices(pm, settings))
+        try:
+            _refused_as_input(lambda: pm.hook.configure(settings=settings, pm=pm))
+            return await self._run(canvas, opts, settings, pm, notices)
+        finally:
+            await notify(pm, "unconfigure", settings=settings)
+
+    def _plugin_manager(self, opts: Options) -> pluggy.PluginManager:
+        try:
+            pm = get_plugin_manager(
+                load_entry_points=opts.load_plugins,
+                disabled=opts.disable_plugins,
+                plugins=opts.plugins,
+            )
+        except PluginLoadError as exc:
+            raise CommandInputError(str(exc)) from exc
+        for plugin in self.plugins:
+            pm.register(plugin)
+        return pm
+
+    async def _run(
+        self,
+        canvas: Canvas,
+        opts: Options,
+        settings: Settings,
+        pm: pluggy.PluginManager,
+        notices: Sequence[str],
+    ) -> CommandResult:
+        if not pm.hook.execute_tasks.get_hookimpls():
+            raise CommandInputError(
+                "no plugin runs the tasks: the built-in 'engine' is disabled and no other"
+                " plugin implements execute_tasks"
+            )
+        registry = _refused_as_input(lambda: collect_executors(pm, settings))
+        records = _refused_as_input(
+            lambda: list(itertools.chain.from_iterable(pm.hook.recorded_answers(settings=settings)))
+        )
+        known = find_answers(canvas, registry.names, records)
+        notes = select_notes(canvas, opts, known.node_ids)
+        if not notes:
+            return CommandResult("nothing-selected", self.session_id, False, NOTHING_SELECTED)
+        command = _Command(canvas, opts, settings, pm, registry, known, notes, list(notices))
+        await _choose_agents(command)
+        _check_writable(canvas, opts)
+        fingerprints = {name: registry.fingerprint(name) for name in registry.names}
+        decide_all(notes, known, InputHashes(settings, fingerprints), force=opts.force)
+        plan = make_plan(notes, opts, DEFAULT_DEPENDENCY_LIMIT)
+        result = CommandResult("dry-run", self.session_id, True, notices=list(notices), plan=plan)
+        if opts.dry_run:
+            return result
+        if not plan["calls"]:
+            return self._up_to_date(command, result)
+        if not opts.auto and self.confirm is not None and not self.confirm(plan):
+            result.kind, result.success = "declined", False
+            result.message = "Cancelled: no agent was called"
+            return result
+        return await self._answer(command, result)
+
+    def _up_to_date(self, command: _Command, result: CommandResult) -> CommandResult:
+        """Every selected note is already answered: nothing changes."""
+        count = len(command.notes)
+        result.kind = "up-to-date"
+        result.stats = make_stats(total_nodes=count, skipped_answered=count)
+        result.skipped = skipped_pairs(command.notes, command.known)
+        result.message = (
+            f"Nothing to do: every selected note is already answered ({count}"
+            f" {'note' if count == 1 else 'notes'}; --force answers again)."
+        )
+        result.report = report(
+            self.session_id, str(command.canvas.path), None, 0.0, result.stats, [], result.skipped
+        )
+        return result
+
+    async def _answer(self, command: _Command, result: CommandResult) -> CommandResult:
+        notes, opts = command.notes, command.opts
+        tasks = [
+            AsyncTask(
+                task_id(note.node_id, agent),
+                agent,
+                {
+                    "note_id": note.node_id,
+                    "prompt": build_prompt(note.text, note.material),
+                    "input_hash": note.hashes[agent],
+                },
+                dependencies=[task_id(e, a) for e in note.after for a in notes[e].todo] or None,
+            )
+            for note in notes.values()
+            for agent in note.todo
+        ]
+        outcomes = _Outcomes()
+        command.pm.register(outcomes, name="answers")
+        if opts.follow_edges:
+            earlier = earlier_answers(notes, command.known)
+            command.pm.register(_Prerequisites(notes, outcomes, earlier), name="prerequisites")
+        self._stop = asyncio.Event()
+        started = time.monotonic()
+        try:
+            summary = await run_tasks(
+                tasks,
+                pm=command.pm,
+                dependency_aware=opts.follow_edges,
+                max_concurrency=opts.max,
+                settings=command.settings,
+                policy=opts.policy(self._stop),
+                use_cache=not opts.force,
+            )
+        except DependencyCycleError as exc:
+            raise CommandInputError(
+                f"notes linked in a cycle ({exc}); drop --follow-edges"
+            ) from exc
+        except asyncio.CancelledError:
+            self.side_file = _side_file(command, outcomes.answers(tasks), "interrupted")
+            raise
+        finally:
+            self._stop = None
+        elapsed = time.monotonic() - started
+        rows = [task_row(task, outcomes.outcomes.get(task.task_id), notes) for task in tasks]
+        await self._write(command, tasks, outcomes, rows, result)
+        cancelled = summary.get("cancelled_tasks", ())
+        result.interrupted = any(item["reason"] == "stopped" for item in cancelled)
+        if result.interrupted and not result.message:
+            result.message = (
+                f"stopped: {summary['cancelled']} notes were not answered;"
+                " run the same command again to answer them (finished answers are kept)"
+            )
+        result.kind = "ran"
+        result.stats = make_stats(
+            total_nodes=len(notes),
+            processed_nodes=len({r["node_id"] for r in rows if r["status"] == "success"}),
+            generated_docs=sum(1 for r in rows if r.get("document")),
+            created_blue_nodes=sum(1 for r in rows if r.get("blue_node_id")),
+            errors=sum(1 for r in rows if r["status"] in ("failed", "skipped")),
+            reused_answers=sum(1 for r in rows if r["cached"]),
+            cancelled=sum(1 for r in rows if r["status"] == "cancelled"),
+            skipped_answered=sum(1 for note in notes.values() if note.skipped),
+        )
+        result.success = all(r["status"] == "success" for r in rows) and self.side_file is None
+        result.results = rows
+        result.skipped = skipped_pairs(notes, command.known)
+        result.summary = {k: v for k, v in summary.items() if k != "results"}
+        result.side_file = str(self.side_file) if self.side_file else None
+        result.elapsed_seconds = elapsed
+        result.report = report(
+            self.session_id,
+            str(command.canvas.path),
+            result.canvas,
+            elapsed,
+            result.stats,
+            rows,
+            result.skipped,
+        )
+        return result
+
+    async def _write(
+        self,
+        command: _Command,
+        tasks: Sequence[AsyncTask],
+        outcomes: _Outcomes,
+        rows: Sequence[dict[str, Any]],
+        result: CommandResult,
+    ) -> None:
+        """Write the answers into the canvas, or to a side file if it changed on disk."""
+        canvas, opts = command.canvas, command.opts
+        target = Path(opts.output) if opts.output else canvas.path
+        assert target is not None
+        assert canvas.path is not None
+        if not opts.output and changed_on_disk(canvas):
+            self.side_file = _side_file(command, outcomes.answers(tasks), "canvas changed on disk")
+            result.message = (
+                "the canvas changed on disk while the agents worked;"
+                f" answers saved to {self.side_file}"
+            )
+            return
+        if not any(row["status"] == "success" for row in rows):
+            return
+        layout = Layout(
+            target.parent, docs_folder(canvas.path, opts.docs_dir, target.parent), opts.inline
+        )
+        old = replacing(command.notes, command.known) if opts.replace else {}
+        topics = {note_id: note.topic for note_id, note in command.notes.items()}
+        write_answers(canvas, list(rows), topics, layout, old)
+        backup = save_canvas(canvas, target, backup=opts.backup)
+        result.canvas, result.backup = str(target), str(backup) if backup else None
+        hashes = {task.task_id: str(task.node_data["input_hash"]) for task in tasks}
+        written = [
+            WrittenAnswer(
+                row["task_id"],
+                row["node_id"],
+                row["agent"],
+                hashes[row["task_id"]],
+                row["blue_node_id"],
+                row.get("file_node_id"),
+            )
+            for row in rows
+            if row.get("blue_node_id")
+        ]
+        await notify(command.pm, "on_canvas_written", canvas_path=target, answers=written)
+
+
+async def _choose_agents(command: _Command) -> None:
+    """Give every note its agents: the options', the kept ones, or the routers' choice."""
+    notes, opts, pm, settings = command.notes, command.opts, command.pm, command.settings
+    agents = command.registry.names
+    kept: dict[str, list[str]] = {}
+    routed: Mapping[str, str] = {}
+    if opts.route == "model" and not (opts.agent or opts.agents):
+        if not opts.force:  # a note already answered keeps its agents
+            kept = _kept_agents(notes, command.known, agents)
+        prompts = {
+            note_id: build_prompt(note.text, note.material)
+            for note_id, note in notes.items()
+            if note_id not in kept
+        }
+        pending = (
+            pm.hook.route_notes(
+                prompts=prompts, agents=command.registry.describe(), settings=settings
+            )
+            if prompts
+            else None
+        )
+        if pending is not None:
+            routed = await pending
+    for note in notes.values():
+        if opts.agents:
+            note.agents = list(dict.fromkeys(opts.agents))
+        elif opts.agent:
+            note.agents = [opts.agent]
+        elif note.node_id in kept:
+            note.agents = kept[note.node_id]
+        else:
+            context = {
+                "settings": settings,
+                "material": [m.text for m in note.material],
+                "routed": routed.get(note.node_id),
+            }
+            chosen = pm.hook.choose_agent(node=note.node, context=context, agents=agents)
+            note.agents = [chosen or settings.color_map.get(NOTE_COLOR, "clarification-path")]
+        for name in note.agents:
+            if name not in agents:
+                raise CommandInputError(
+                    f"unknown agent {name!r}; available agents: {', '.join(agents) or 'none'}"
+                )
+    if opts.follow_edges:
+        link_prerequisites(command.canvas, notes)
+
+
+def _kept_agents(
+    notes: Mapping[str, Note], known: AnswerIndex, agents: Sequence[str]
+) -> dict[str, list[str]]:
+    """Note id -> the agents that answered it, for the notes already answered."""
+    kept: dict[str, list[str]] = {}
+    for note_id in notes:
+        previous = [name for name in known.agents_of(note_id) if name in agents]
+        if previous:
+            kept[note_id] = previous
+    return kept
+
+
+def _notices(pm: pluggy.PluginManager, settings: Settings) -> list[str]:
+    return [str(notice) for notice in pm.hook.check_settings(settings=settings) if notice]
+
+
+def _refused_as_input(step: Callable[[], Any]) -> Any:
+    """Run a setup step; a ``ValueError`` (a plugin refusing the run) is bad input."""
+    try:
+        return step()
+    except ValueError as exc:
+        raise CommandInputError(" ".join(str(exc).split())) from exc
+
+
+def _load(canvas_path: str | os.PathLike[str], max_bytes: int) -> Canvas:
+    try:
+        return read_canvas(canvas_path, max_bytes=max_bytes)
+    except CanvasError as exc:
+        raise CommandInputError(str(exc)) from exc
+
+
+def _check_writable(canvas: Canvas, opts: Options) -> None:
+    target = Path(opts.output) if opts.output else canvas.path
+    assert target is not None
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise CommandInputError(f"cannot write {target}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise CommandInputError(f"cannot write {target}: permission denied")
+    if target.is_dir():
+        raise CommandInputError(f"cannot write {target}: it is a directory")
+
+
+def _side_file(command: _Command, answers: Sequence[Mapping[str, Any]], reason: str) -> Path:
+    canvas, opts = command.canvas, command.opts
+    assert canvas.path is not None
+    folder = Path(opts.output).parent if opts.output else canvas.path.parent
+    return save_side_file(canvas.path, folder, answers, reason)
