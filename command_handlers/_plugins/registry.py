@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -223,32 +224,8 @@ def collect_executors(
     registry = ExecutorRegistry()
     arguments: dict[str, Any] = {"settings": settings or Settings()}
     for impl in reversed(pm.hook.register_executors.get_hookimpls()):
-        plugin = plugin_name(pm, impl)
-
-        def register(
-            agent_name: str,
-            executor: Executor,
-            max_concurrency: int | None = None,
-            *,
-            description: str = "",
-            override: bool = False,
-            rate: RateLimit | float | str | None = None,
-            fingerprint: str | None = None,
-            internal: bool = False,
-            _plugin: str = plugin,
-        ) -> None:
-            registry.add(
-                _plugin,
-                agent_name,
-                executor,
-                max_concurrency,
-                description=description,
-                override=override,
-                rate=rate,
-                fingerprint=fingerprint,
-                internal=internal,
-            )
-
+        # register(agent_name, executor, ...) is add() on behalf of this plugin.
+        register = functools.partial(registry.add, plugin_name(pm, impl))
         arguments["register"] = register
         impl.function(*(arguments[name] for name in impl.argnames))
     return registry
