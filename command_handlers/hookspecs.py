@@ -229,8 +229,7 @@ def register_executors(register: Callable[..., None], settings: Any) -> None:
 
         @hookimpl
         def register_executors(register, settings):
-            register("shout", shout, max_concurrency=2, rate="60/min",
-                     description="Repeats the note, louder.")
+            register("shout", shout, max_concurrency=2, rate="60/min", description="Louder.")
 
     Args:
         register: The function to call for each agent.
