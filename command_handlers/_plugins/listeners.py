@@ -43,6 +43,51 @@ def _awaitable(value: Any) -> bool:
     return value is not None and (type(value) is CoroutineType or inspect.isawaitable(value))
 
 
+def _sync_caller(
+    impls: list[tuple[Callable[..., Any], str]],
+    arity: int,
+    log: Callable[[str, tuple[Any, ...]], None],
+) -> Callable[..., None] | None:
+    """A caller of plain-function listeners that takes the hook's arguments by position.
+
+    ``call_sync(*args)`` packs the arguments into a tuple and unpacks it again
+    for every listener, which costs more than a listener that does nothing;
+    the usual arities get a closure that passes them on as they came.
+    """
+    pairs = tuple(impls)
+    if arity == 1:
+
+        def call_1(a: Any) -> None:
+            for function, plugin in pairs:
+                try:
+                    function(a)
+                except Exception:  # pylint: disable=broad-exception-caught
+                    log(plugin, (a,))
+
+        return call_1
+    if arity == 2:
+
+        def call_2(a: Any, b: Any) -> None:
+            for function, plugin in pairs:
+                try:
+                    function(a, b)
+                except Exception:  # pylint: disable=broad-exception-caught
+                    log(plugin, (a, b))
+
+        return call_2
+    if arity == 3:
+
+        def call_3(a: Any, b: Any, c: Any) -> None:
+            for function, plugin in pairs:
+                try:
+                    function(a, b, c)
+                except Exception:  # pylint: disable=broad-exception-caught
+                    log(plugin, (a, b, c))
+
+        return call_3
+    return None
+
+
 class Listeners:
     """The implementations of one hook, called positionally in pluggy's order.
 
@@ -73,6 +118,7 @@ class Listeners:
         ]
         self.hook_name = hook_name
         self.extra_name = extra_name
+        self.arity = len(spec_args)
         self.impls = [
             (
                 _adapt(
@@ -93,7 +139,9 @@ class Listeners:
         """The cheapest callable that calls every implementation, or None if there is none."""
         if not self.impls:
             return None
-        return self.call_async if self.is_async else self.call_sync
+        if self.is_async:
+            return self.call_async
+        return _sync_caller(self.impls, self.arity, self._log) or self.call_sync
 
     def call_sync(self, *args: Any) -> None:
         """Call every implementation (all plain functions); log what raises."""
