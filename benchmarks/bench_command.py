@@ -245,7 +245,7 @@ def run_command(folder: Path, notes: int, latency: float) -> dict[str, Any]:
     try:
         gc.collect()
         start = time.perf_counter()
-        result = loop.run_until_complete(handler.run(path, options))
+        result = loop.run_until_complete(handler.run(path, options)).as_dict()
         makespan = time.perf_counter() - start
     finally:
         loop.close()

@@ -11,9 +11,14 @@ Measures, in one run of this script:
 3. makespan / lower bound of a seeded random DAG of 200 tasks in the engine's
    dependency-aware mode, at dependency_limit 5 (the default) and 12;
 4. the delay per edge of a chain of 20 tasks of 1 ms in dependency-aware mode;
-5. the plugin layer: cost per task of 100,000 no-op tasks through the
-   ``run_tasks`` facade (with three listener plugins, and with none) against
-   the engine's ``execute_parallel`` alone.
+5. the plugin layer: cost per task of 10,000 and 100,000 no-op tasks through
+   the ``run_tasks`` facade (with no listener, and with three listener
+   plugins) against the engine's ``execute_parallel`` alone;
+6. listener dispatch: nanoseconds per call of N = 1, 3, 10 do-nothing
+   plain-function listeners of ``on_task_progress`` and of ``on_task_end``
+   through the plugin layer's ``Listeners(pm, hook).callback()``, against a
+   plain ``for f in functions: f(...)`` loop over the same N functions (and
+   pluggy's own hook call, for information).
 
 Every figure is measured in a fresh process (this script re-invoked with
 ``--one FIGURE PARAMS``, which prints one JSON line); repeats are interleaved
@@ -25,7 +30,8 @@ Usage::
     python benchmarks/bench_engine.py [--repeats 5] [--mem-repeats N] [--quick]
                                       [--only SECTION[,SECTION]] [--json FILE]
 
-Sections: noop, makespan, dag, chain, facade (``--only facade`` runs just that).
+Sections: noop, makespan, dag, chain, facade, dispatch (``--only facade`` runs
+just that; ``--only dispatch,facade`` the plugin layer's two).
 
 The exit status is 0 whatever the figures: this is a report, not a test.
 To add a figure, add a function to FIGURES (run in the child process) and a
@@ -57,12 +63,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from command_handlers import hookimpl  # noqa: E402
+from command_handlers._plugins.listeners import Listeners  # noqa: E402
 from command_handlers.async_execution_engine import (  # noqa: E402
     DEFAULT_DEPENDENCY_LIMIT,
     AsyncExecutionEngine,
     AsyncTask,
+    TaskOutcome,
 )
-from command_handlers.plugins import get_plugin_manager, run_tasks  # noqa: E402
+from command_handlers.plugins import (  # noqa: E402
+    BUILTIN_PLUGINS,
+    get_plugin_manager,
+    run_tasks,
+)
 
 LIMIT = 12
 SIZES = (1_000, 10_000, 100_000)
@@ -364,20 +376,31 @@ class _IdleListener:
 FACADE_MODES = ("engine", "facade", "listeners")
 FACADE_LABELS = {
     "engine": "engine alone (execute_parallel)",
-    "facade": "run_tasks, no listeners",
+    "facade": "run_tasks, no listener",
     "listeners": "run_tasks, 3 listener plugins",
 }
+#: The built-ins that register listeners or agents: disabled, so that only
+#: ``engine`` (the ``execute_tasks`` backend) is left and the figure is the layer's own.
+FACADE_DISABLED = (
+    "journal",
+    "progress",
+    "model-router",
+    "llm-agents",
+    "command-agent",
+    "color-router",
+)
+LISTENER_HOOKS = ("on_run_start", "on_task_start", "on_task_progress", "on_task_end", "on_run_end")
 
 
 def figure_facade(params: Params) -> Figure:
     """Microseconds per no-op task: the engine alone, or through ``run_tasks``.
 
     ``mode`` is "engine" (``execute_parallel``, no callbacks), "facade"
-    (``run_tasks`` with only the built-in plugins and the executor's plugin)
-    or "listeners" (plus a sync counting listener, an async counting listener
-    and one whose hooks do nothing). The plugin manager is built before timing,
-    as a program builds it once; ``run_tasks`` collects the executors and the
-    listeners itself, inside the timing.
+    (``run_tasks`` with the ``engine`` built-in and the executor's plugin only:
+    no listener of any hook) or "listeners" (plus a sync counting listener, an
+    async counting listener and one whose hooks do nothing). The plugin manager
+    is built before timing, as a program builds it once; ``run_tasks`` collects
+    the executors and the listeners itself, inside the timing.
     """
     mode, count = params["mode"], params["n"]
     tasks = make_tasks(count)
@@ -389,12 +412,18 @@ def figure_facade(params: Params) -> Figure:
             return run_engine(batch, noop, LIMIT)
 
     else:
-        pm = get_plugin_manager(load_entry_points=False)
+        pm = get_plugin_manager(load_entry_points=False, disabled=FACADE_DISABLED)
         pm.register(_BenchAgent(), name="bench-agent")
         if mode == "listeners":
             listeners = [_CountingListener(), _AsyncCountingListener(), _IdleListener()]
             for n, plugin in enumerate(listeners):
                 pm.register(plugin, name=f"listener-{n}")
+        names = {name for name, plugin in pm.list_name_plugin() if plugin is not None}
+        wanted = {"engine", "bench-agent", *(f"listener-{n}" for n in range(len(listeners)))}
+        assert names == wanted, sorted(names)
+        if mode == "facade":
+            hooked = [hook for hook in LISTENER_HOOKS if getattr(pm.hook, hook).get_hookimpls()]
+            assert not hooked, hooked
 
         def run(batch: list[AsyncTask]) -> Awaitable[Any]:
             return run_tasks(batch, pm=pm, max_concurrency=LIMIT)
@@ -412,6 +441,148 @@ def figure_facade(params: Params) -> Figure:
     return {"value": best / count * 1e6, "unit": "us/task", "inner_runs": runs}
 
 
+# --------------------------------------------------------------------------
+# Listener dispatch: Listeners(pm, hook).callback() vs a plain loop of calls.
+# --------------------------------------------------------------------------
+
+DISPATCH_HOOKS = ("on_task_progress", "on_task_end")
+DISPATCH_SIZES = (1, 3, 10)
+DISPATCH_MODES = ("loop", "listeners", "pluggy")
+DISPATCH_LABELS = {
+    "loop": "plain loop: for f in functions: f(...)",
+    "listeners": "Listeners(pm, hook).callback()",
+    "pluggy": "pluggy: pm.hook.<hook>(**kwargs)",
+}
+DISPATCH_CALLS = 200_000
+DISPATCH_INNER = 5  # best of this many timings of DISPATCH_CALLS calls, in the process
+DISPATCH_TARGETS = {1: 3.0, 3: 2.0, 10: 2.0}  # at most this many times the plain loop
+
+
+class _ProgressListener:
+    """A plain-function ``on_task_progress`` listener that does nothing."""
+
+    @hookimpl
+    def on_task_progress(self, task_id: str, result: Any, error: str | None) -> None:
+        pass
+
+
+class _EndListener:
+    """A plain-function ``on_task_end`` listener that does nothing."""
+
+    @hookimpl
+    def on_task_end(self, task: AsyncTask, outcome: TaskOutcome) -> None:
+        pass
+
+
+def _dispatch_progress(call: Callable[..., Any], calls: int) -> int:
+    task_id, result, error = "t0", {"answer": 42}, None
+    gc.collect()
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        call(task_id, result, error)
+    return time.perf_counter_ns() - start
+
+
+def _dispatch_end(call: Callable[..., Any], calls: int) -> int:
+    task = AsyncTask("t0", "bench", {})
+    outcome = TaskOutcome("success", {"answer": 42}, None, None, 1, time.time(), time.time())
+    gc.collect()
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        call(task, outcome)
+    return time.perf_counter_ns() - start
+
+
+def _loop_progress(functions: list[Callable[..., Any]], calls: int) -> int:
+    task_id, result, error = "t0", {"answer": 42}, None
+    gc.collect()
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        for f in functions:
+            f(task_id, result, error)
+    return time.perf_counter_ns() - start
+
+
+def _loop_end(functions: list[Callable[..., Any]], calls: int) -> int:
+    task = AsyncTask("t0", "bench", {})
+    outcome = TaskOutcome("success", {"answer": 42}, None, None, 1, time.time(), time.time())
+    gc.collect()
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        for f in functions:
+            f(task, outcome)
+    return time.perf_counter_ns() - start
+
+
+def _pluggy_progress(hook: Any, calls: int) -> int:
+    task_id, result, error = "t0", {"answer": 42}, None
+    gc.collect()
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        hook(task_id=task_id, result=result, error=error)
+    return time.perf_counter_ns() - start
+
+
+def _pluggy_end(hook: Any, calls: int) -> int:
+    task = AsyncTask("t0", "bench", {})
+    outcome = TaskOutcome("success", {"answer": 42}, None, None, 1, time.time(), time.time())
+    gc.collect()
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        hook(task=task, outcome=outcome)
+    return time.perf_counter_ns() - start
+
+
+def figure_dispatch(params: Params) -> Figure:
+    """Nanoseconds per dispatch of one hook call to N do-nothing plain-function listeners.
+
+    The manager comes from ``get_plugin_manager`` with every built-in disabled
+    and N plugin objects registered, each implementing the hook. ``mode`` is
+    "loop" (``for f in functions: f(...)`` over the implementations' functions,
+    inline in the timing loop), "listeners" (the callable
+    ``Listeners(pm, hook).callback()`` gives, as ``run_tasks`` hands the
+    engine) or "pluggy" (the hook called through pluggy, for information, on a
+    quarter of the calls). Best of DISPATCH_INNER timings; nothing subtracted.
+    """
+    hook_name, count, mode = params["hook"], params["n"], params["mode"]
+    calls = params["calls"] if mode != "pluggy" else max(1, params["calls"] // 4)
+    pm = get_plugin_manager(load_entry_points=False, disabled=list(BUILTIN_PLUGINS))
+    plugin_type = _ProgressListener if hook_name == "on_task_progress" else _EndListener
+    for k in range(count):
+        pm.register(plugin_type(), name=f"listener-{k}")
+    caller = getattr(pm.hook, hook_name)
+    impls = caller.get_hookimpls()
+    assert len(impls) == count, [impl.plugin_name for impl in impls]
+    functions = [impl.function for impl in reversed(impls)]  # pluggy's call order
+    progress = hook_name == "on_task_progress"
+    if mode == "loop":
+        loop_time = _loop_progress if progress else _loop_end
+
+        def measure_once(calls: int) -> int:
+            return loop_time(functions, calls)
+
+    elif mode == "listeners":
+        listeners = Listeners(pm, hook_name)
+        callback = listeners.callback()
+        assert callback is not None
+        assert not listeners.is_async, "the listeners are plain functions: no coroutine"
+        assert len(listeners.impls) == count
+        dispatch_time = _dispatch_progress if progress else _dispatch_end
+
+        def measure_once(calls: int) -> int:
+            return dispatch_time(callback, calls)
+
+    else:
+        pluggy_time = _pluggy_progress if progress else _pluggy_end
+
+        def measure_once(calls: int) -> int:
+            return pluggy_time(caller, calls)
+
+    measure_once(max(1, calls // 10))  # warm-up
+    best = min(measure_once(calls) for _ in range(DISPATCH_INNER))
+    return {"value": best / calls, "unit": "ns/call", "calls": calls, "inner": DISPATCH_INNER}
+
+
 FIGURES: dict[str, Callable[[Params], Figure]] = {
     "noop_time": figure_noop_time,
     "noop_memory": figure_noop_memory,
@@ -419,6 +590,7 @@ FIGURES: dict[str, Callable[[Params], Figure]] = {
     "dag": figure_dag,
     "chain": figure_chain,
     "facade": figure_facade,
+    "dispatch": figure_dispatch,
 }
 
 
@@ -580,29 +752,84 @@ def _chain_rows(config: Config, results: dict[str, Figure | None]) -> list[Row]:
     ]
 
 
-FACADE_FACTOR = 1.5
+FACADE_FACTOR = 1.2  # run_tasks with no listener, against the engine alone
+
+
+def _facade_sizes(config: Config) -> tuple[int, ...]:
+    return config.sizes[-2:]  # 10k and 100k (1k and 10k with --quick)
 
 
 def _facade_jobs(config: Config) -> list[Job]:
-    return [Job("facade", {"mode": mode, "n": config.sizes[-1]}) for mode in FACADE_MODES]
+    return [
+        Job("facade", {"mode": mode, "n": count})
+        for count in _facade_sizes(config)
+        for mode in FACADE_MODES
+    ]
 
 
 def _facade_rows(config: Config, results: dict[str, Figure | None]) -> list[Row]:
-    count = config.sizes[-1]
-    engine = _best(results, Job("facade", {"mode": "engine", "n": count}))
     rows: list[Row] = []
-    for mode in FACADE_MODES:
-        got = _best(results, Job("facade", {"mode": mode, "n": count}))
-        value = "ERROR" if got is None else f"{got['value']:.2f} us"
-        target = verdict = ""
-        if mode != "engine" and got is not None and engine is not None:
-            limit = FACADE_FACTOR * engine["value"]
-            target = f"<= {FACADE_FACTOR}x engine = {limit:.2f} us"
-            ratio = got["value"] / engine["value"]
-            verdict = _verdict(got["value"] <= limit, f"{ratio:.2f}x engine")
-        rows.append(
-            ("plugin layer: cost/task", FACADE_LABELS[mode], f"{count:,}", value, target, verdict)
-        )
+    for count in _facade_sizes(config):
+        engine = _best(results, Job("facade", {"mode": "engine", "n": count}))
+        for mode in FACADE_MODES:
+            got = _best(results, Job("facade", {"mode": mode, "n": count}))
+            value = "ERROR" if got is None else f"{got['value']:.2f} us"
+            target = verdict = ""
+            if mode != "engine" and got is not None and engine is not None:
+                ratio = got["value"] / engine["value"]
+                if mode == "facade":
+                    limit = FACADE_FACTOR * engine["value"]
+                    target = f"<= {FACADE_FACTOR}x engine = {limit:.2f} us"
+                    verdict = _verdict(got["value"] <= limit, f"{ratio:.2f}x engine")
+                else:
+                    target = f"none ({ratio:.2f}x engine)"
+            label = FACADE_LABELS[mode]
+            rows.append(("plugin layer: cost/task", label, f"{count:,}", value, target, verdict))
+    return rows
+
+
+def _dispatch_params(config: Config, hook: str, count: int, mode: str) -> Params:
+    calls = DISPATCH_CALLS // 10 if config.sizes == QUICK_SIZES else DISPATCH_CALLS
+    return {"hook": hook, "n": count, "mode": mode, "calls": calls}
+
+
+def _dispatch_jobs(config: Config) -> list[Job]:
+    return [
+        Job("dispatch", _dispatch_params(config, hook, count, mode))
+        for hook in DISPATCH_HOOKS
+        for count in DISPATCH_SIZES
+        for mode in DISPATCH_MODES
+    ]
+
+
+def _dispatch_rows(config: Config, results: dict[str, Figure | None]) -> list[Row]:
+    rows: list[Row] = []
+    for hook in DISPATCH_HOOKS:
+        for count in DISPATCH_SIZES:
+            loop = _best(results, Job("dispatch", _dispatch_params(config, hook, count, "loop")))
+            for mode in DISPATCH_MODES:
+                got = _best(results, Job("dispatch", _dispatch_params(config, hook, count, mode)))
+                value = "ERROR" if got is None else f"{got['value']:.0f} ns"
+                target = verdict = ""
+                if mode != "loop" and got is not None and loop is not None:
+                    ratio = got["value"] / loop["value"]
+                    if mode == "listeners":
+                        factor = DISPATCH_TARGETS[count]
+                        limit = factor * loop["value"]
+                        target = f"<= {factor:g}x loop = {limit:.0f} ns"
+                        verdict = _verdict(got["value"] <= limit, f"{ratio:.2f}x loop")
+                    else:
+                        target = f"none ({ratio:.1f}x loop)"
+                rows.append(
+                    (
+                        f"dispatch/call: {hook}",
+                        DISPATCH_LABELS[mode],
+                        f"{count} listener{'s' if count > 1 else ''}",
+                        value,
+                        target,
+                        verdict,
+                    )
+                )
     return rows
 
 
@@ -633,11 +860,20 @@ SECTIONS: list[Section] = [
         name="chain",
     ),
     Section(
-        "plugin layer: no-op tasks at limit 12 through run_tasks (listeners: a sync counter,"
-        " an async counter, one that does nothing) vs the engine alone",
+        "plugin layer: no-op tasks at limit 12 through run_tasks (built-ins but engine"
+        " disabled; listeners: a sync counter, an async counter, one that does nothing)"
+        " vs the engine alone",
         _facade_jobs,
         _facade_rows,
         name="facade",
+    ),
+    Section(
+        "listener dispatch: N do-nothing plain-function listeners of one hook, called"
+        f" {DISPATCH_CALLS:,} times (best of {DISPATCH_INNER} in each process) through"
+        " Listeners(pm, hook).callback() vs a plain loop over the same functions",
+        _dispatch_jobs,
+        _dispatch_rows,
+        name="dispatch",
     ),
 ]
 
