@@ -44,6 +44,14 @@ class ConfigError(ValueError):
     """The config file cannot be read or holds something that is not an option."""
 
 
+#: What a config file may not set: the command's own arguments, actions that are
+#: not a run, and modules to import as plugins (a config file found beside a
+#: canvas may come with a shared folder).
+_NOT_CONFIGURABLE = frozenset(
+    {"canvas_file", "config", "list_plugins", "install_slash_command", "user", "plugins"}
+)
+
+
 def find_config(explicit: str | None, canvas_file: str) -> Path | None:
     """Say which config file applies, if any.
 
@@ -91,7 +99,7 @@ def read_config(path: Path, known: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in data.items():
         name = str(key).strip().lstrip("-").replace("-", "_")
         name = _ALIASES.get(name, name)
-        if name not in known or name in {"canvas_file", "config"}:
+        if name not in known or name in _NOT_CONFIGURABLE:
             raise ConfigError(f"config file {path}: unknown option {key!r}")
         defaults[name] = _value(name, value, path)
     return defaults

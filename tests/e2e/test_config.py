@@ -81,6 +81,8 @@ def test_the_environment_names_a_config(
         ("model: [a, b]\n", "model takes a single value"),
         ("- just\n- a list\n", "must hold a mapping"),
         ("max: [unclosed\n", "not valid YAML"),
+        ("plugins: [evil_module]\n", "unknown option 'plugins'"),
+        ("list-plugins: true\n", "unknown option 'list-plugins'"),
     ],
 )
 def test_a_bad_config_is_bad_input(
