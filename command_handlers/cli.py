@@ -310,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MB",
         help=f"refuse canvases larger than this (default: {_DEFAULTS.max_canvas_mb:g})",
     )
+    run.add_argument(
+        "--max-answer-mb",
+        type=_positive_seconds,
+        default=_DEFAULTS.max_answer_mb,
+        metavar="MB",
+        help="an --agent-command call printing more than this fails"
+        f" (default: {_DEFAULTS.max_answer_mb:g})",
+    )
 
     out = parser.add_argument_group("writing")
     out.add_argument(
@@ -393,6 +401,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "no_journal": args.no_journal,
         "resume": args.resume,
         "max_canvas_mb": args.max_canvas_mb,
+        "max_answer_mb": args.max_answer_mb,
     }
 
 

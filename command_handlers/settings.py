@@ -8,7 +8,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["DEFAULT_COLOR_MAP", "DEFAULT_TIMEOUT", "DISPLAY_MODES", "ECHO_MODEL", "Settings"]
+__all__ = [
+    "DEFAULT_COLOR_MAP",
+    "DEFAULT_MAX_ANSWER_BYTES",
+    "DEFAULT_TIMEOUT",
+    "DISPLAY_MODES",
+    "ECHO_MODEL",
+    "Settings",
+]
 
 #: Which agent answers a note of each canvas colour when nothing else decides.
 DEFAULT_COLOR_MAP: Mapping[str, str] = MappingProxyType(
@@ -16,6 +23,9 @@ DEFAULT_COLOR_MAP: Mapping[str, str] = MappingProxyType(
 )
 #: Seconds one agent call may take unless told otherwise.
 DEFAULT_TIMEOUT = 600.0
+#: The most an agent program may print, in bytes (``--max-answer-mb``): 4 MB, some
+#: thousand pages of text, far above any answer, yet small enough for a card's document.
+DEFAULT_MAX_ANSWER_BYTES = 4 * 1024 * 1024
 #: The offline model of ``llm-echo``, used when the run names no model.
 ECHO_MODEL = "echo"
 #: How the ``progress`` plugin shows a run: a bar on a terminal (else lines), a
@@ -35,6 +45,8 @@ class Settings:
         agent_command: A program (argv) that answers instead of ``llm``: it
             gets the system prompt and the prompt on stdin; ``None`` to use ``llm``.
         command_timeout: Seconds one agent call may take.
+        max_answer_bytes: The most an agent program may print on stdout; a
+            call printing more fails.
         color_map: Canvas colour -> agent name, for the default router.
         max_concurrency: The command's limit of calls at once (``None``: the
             engine's default).
@@ -54,6 +66,7 @@ class Settings:
     agents_dirs: tuple[Path, ...] = ()
     agent_command: tuple[str, ...] | None = None
     command_timeout: float = DEFAULT_TIMEOUT
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
     color_map: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_COLOR_MAP))
     max_concurrency: int | None = None
     route: str = "map"

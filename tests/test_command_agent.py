@@ -300,3 +300,128 @@ def test_check_settings_through_the_hook_refuses_before_any_call(tmp_path: Path)
     # with a command answering, llm-agents says nothing about the echo model
     argv = script(tmp_path, ECHO_SCRIPT)
     assert pm.hook.check_settings(settings=Settings(agent_command=argv)) == []
+
+
+# ----------------------------------------------------------------------------- process groups
+
+#: Starts a child that holds stdout (and sleeps), tagged with argv[1]; then does argv[2]:
+#: "answer" prints an answer and exits 0, "hang" sleeps as well, never answering.
+BACKGROUND_SCRIPT = """
+import subprocess, sys, time
+marker, then = sys.argv[1], sys.argv[2]
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", marker])
+if then == "answer":
+    print("the answer, printed before exit", flush=True)
+    sys.exit(0)
+time.sleep(300)
+"""
+
+
+def processes_with(marker: str) -> list[int]:
+    """The live processes (zombies left out) whose command line holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            except OSError:
+                continue
+            if marker in cmdline and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+posix_only = pytest.mark.skipif(
+    not Path("/proc").is_dir() or not hasattr(os, "killpg"), reason="process groups and /proc"
+)
+
+
+@posix_only
+async def test_an_answer_printed_before_a_background_child_counts(tmp_path: Path) -> None:
+    marker = f"marker-{os.getpid()}-{tmp_path.name}-answer"
+    argv = script(tmp_path, BACKGROUND_SCRIPT, marker, "answer")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await executor_for(argv, timeout=30)(task())
+    assert result["text"] == "the answer, printed before exit"
+    # The call ended with the program, not with the child holding its stdout...
+    assert loop.time() - started < 10
+    # ...and the child was ended with it.
+    assert processes_with(marker) == []
+
+
+@posix_only
+async def test_a_child_holding_stdout_cannot_outlast_the_timeout(tmp_path: Path) -> None:
+    marker = f"marker-{os.getpid()}-{tmp_path.name}-hang"
+    argv = script(tmp_path, BACKGROUND_SCRIPT, marker, "hang")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(AgentCommandTimeoutError, match=r"timed out after 0\.5 s"):
+        await executor_for(argv, timeout=0.5)(task())
+    assert loop.time() - started < 0.5 + command_agent.KILL_GRACE + 3
+    assert processes_with(marker) == []
+
+
+@posix_only
+async def test_cancellation_ends_the_whole_group(tmp_path: Path) -> None:
+    marker = f"marker-{os.getpid()}-{tmp_path.name}-cancel"
+    pid_file = tmp_path / "pid"
+    body = BACKGROUND_SCRIPT.replace(
+        'if then == "answer":',
+        "open(sys.argv[3], 'w').write('1')\nif then == 'answer':",
+    )
+    argv = script(tmp_path, body, marker, "hang", str(pid_file))
+    running = asyncio.ensure_future(executor_for(argv)(task()))
+    await wait_for_file(pid_file)
+    assert len(processes_with(marker)) == 2  # the program and its child
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert processes_with(marker) == []
+
+
+@posix_only
+async def test_each_call_runs_in_a_session_of_its_own(tmp_path: Path) -> None:
+    argv = script(tmp_path, "import os; print(os.getsid(0), os.getpgid(0), os.getpid())")
+    sid, pgid, pid = map(int, (await executor_for(argv)(task()))["text"].split())
+    assert sid == pgid == pid  # a new session, led by the program: Ctrl-C never reaches it
+    assert sid != os.getsid(0)
+
+
+async def test_an_answer_over_the_limit_fails_clearly(tmp_path: Path) -> None:
+    argv = script(tmp_path, "import sys; sys.stdout.write('x' * 3_000_000); sys.stdout.flush()")
+    executor = CommandAgentExecutor(
+        BUNDLED["memory-anchor"], argv, 30, max_answer_bytes=1024 * 1024
+    )
+    with pytest.raises(
+        command_agent.AgentAnswerTooLargeError,
+        match=r"printed more than 1 MB, the limit \(--max-answer-mb\)",
+    ) as caught:
+        await executor(task())
+    assert caught.value.retryable is False
+    # Up to the limit is fine.
+    argv = script(tmp_path, "import sys; sys.stdout.write('y' * 1_048_576)")
+    result = await CommandAgentExecutor(
+        BUNDLED["memory-anchor"], argv, 30, max_answer_bytes=1024 * 1024
+    )(task())
+    assert len(result["text"]) == 1_048_576
+
+
+def test_the_limit_comes_from_the_settings(tmp_path: Path) -> None:
+    argv = script(tmp_path, ECHO_SCRIPT)
+    (executor, _), *_ = collect(Settings(agent_command=argv, max_answer_bytes=1234)).values()
+    assert executor.max_answer_bytes == 1234
+
+
+async def test_only_the_end_of_a_huge_stderr_is_kept(tmp_path: Path) -> None:
+    body = """
+    import sys
+    for i in range(200_000):
+        sys.stderr.write(f"noise line {i}\\n")
+    sys.exit(5)
+    """
+    with pytest.raises(RuntimeError, match="exited with code 5") as caught:
+        await executor_for(script(tmp_path, body))(task())
+    assert "noise line 199999" in str(caught.value)
+    assert len(str(caught.value)) < 2000

@@ -859,6 +859,15 @@ def test_request_stop_without_a_run() -> None:
     assert IntelligentParallelCommandHandler().request_stop() is False
 
 
+def test_max_answer_mb_is_checked_and_reaches_the_settings(canvas: Path) -> None:
+    handler = IntelligentParallelCommandHandler(plugins=[FakeAgents()])
+    result = handler.execute(canvas, {"auto": True, "max_answer_mb": 0})
+    assert result["success"] is False
+    assert "max_answer_mb must be more than 0" in result["message"]
+    opts = handler_module.Options.parse({"max_answer_mb": 0.5})
+    assert opts.settings().max_answer_bytes == 512 * 1024
+
+
 def test_a_retry_without_a_journal_is_counted(canvas: Path) -> None:
     class Flaky(FakeAgents):
         def _executor(self, name: str) -> Callable[[Any], Any]:

@@ -13,6 +13,7 @@ from command_handlers.intelligent_parallel.answered import KnownAnswer
 from command_handlers.intelligent_parallel.write_back import (
     CARD_SIZE,
     FILE_SIZE,
+    PREVIEW_CHARS,
     Layout,
     docs_folder,
     save_side_file,
@@ -202,3 +203,17 @@ def test_the_same_answer_again_reuses_its_document_a_new_one_gets_a_new_file(
     assert first == again == tmp_path / "topic-agent.md"
     assert other == tmp_path / "topic-agent-2.md"
     assert first.read_text(encoding="utf-8") == "# T\n\nanswer one\n"
+
+
+def test_a_card_holds_a_bounded_preview_of_a_huge_answer(layout: Layout) -> None:
+    canvas = Canvas({"nodes": [note("n1")], "edges": []})
+    huge = "word " * 1_000_000  # 5 MB on one line
+    results = [result("n1", answer=huge)]
+
+    write_answers(canvas, results, {"n1": "Huge"}, layout)
+
+    card = canvas.node(results[0]["blue_node_id"])
+    preview = card["text"].split("\n\n", 1)[1]
+    assert len(preview) <= PREVIEW_CHARS
+    assert preview.endswith("…")
+    assert (layout.base / results[0]["document"]).stat().st_size > 5_000_000  # whole answer

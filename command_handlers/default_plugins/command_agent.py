@@ -20,29 +20,40 @@ several agents.
 
 What it must give back: the answer on standard output (decoded as UTF-8, bad
 bytes replaced, then stripped) and exit status 0. A non-zero status, an empty
-answer, a program that cannot be found and a call that outlives
-``settings.command_timeout`` seconds are errors of that task; a program that
-times out, or whose task is cancelled, is killed and reaped. The result is
-``{"text": answer, "agent": name, "model": the command line}``.
+answer, more than ``settings.max_answer_bytes`` on stdout, a program that
+cannot be found and a call that outlives ``settings.command_timeout`` seconds
+are errors of that task. The result is ``{"text": answer, "agent": name,
+"model": the command line}``.
+
+Each call runs in a process group of its own (a new POSIX session), so a Ctrl-C
+at the terminal reaches the command, not the agents: the command decides
+whether they may finish. A call ends when the program exits, even if a child
+it left in the background still holds its stdout (what it printed before
+exiting counts). Whatever the path (an answer, a failure, a timeout, a
+cancellation), the whole group is then ended: SIGTERM, and SIGKILL after
+:data:`KILL_GRACE` seconds; the program is reaped, and no process of the call
+is left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shlex
 import shutil
+import signal
 import sys
 from typing import Callable
 
 from command_handlers import hookimpl
 from command_handlers.agent_definitions import AgentDefinition, AgentTask, load_agents, task_prompt
-from command_handlers.settings import Settings
+from command_handlers.settings import DEFAULT_MAX_ANSWER_BYTES, Settings
 
 __all__ = [
     "AGENT_ENV_VAR",
+    "KILL_GRACE",
     "STDIN_SEPARATOR",
+    "AgentAnswerTooLargeError",
     "AgentCommandTimeoutError",
     "CommandAgentExecutor",
     "build_stdin",
@@ -56,6 +67,14 @@ AGENT_ENV_VAR = "COMMAND_HANDLERS_AGENT"
 STDIN_SEPARATOR = "---"
 #: How many of the last lines of stderr an exit-status error quotes.
 STDERR_TAIL_LINES = 10
+#: How many of the last bytes of stderr are kept (enough for those lines).
+STDERR_TAIL_BYTES = 64 * 1024
+#: Seconds a call's process group gets between SIGTERM and SIGKILL.
+KILL_GRACE = 1.0
+#: Seconds to wait for the reaping of a program sent SIGKILL.
+_REAP_WAIT = 5.0
+#: Whether calls get a process group of their own (POSIX) or only the program is ended.
+_GROUPS = hasattr(os, "killpg")
 
 if sys.version_info >= (3, 11):
 
@@ -72,6 +91,15 @@ else:  # pragma: no cover - before 3.11 the two timeout errors are distinct
 
         Both a :class:`TimeoutError` and an :class:`asyncio.TimeoutError`.
         """
+
+
+class AgentAnswerTooLargeError(RuntimeError):
+    """The agent command printed more than ``settings.max_answer_bytes`` on stdout.
+
+    Not retryable: the same program would print as much again.
+    """
+
+    retryable = False
 
 
 def build_stdin(system_prompt: str, prompt: str) -> bytes:
@@ -92,11 +120,122 @@ def _stderr_tail(stderr: bytes) -> str:
     return "\n".join(lines[-STDERR_TAIL_LINES:]) or "(nothing on stderr)"
 
 
-async def _kill(process: asyncio.subprocess.Process) -> None:
-    """Kill the process (if it still runs) and wait for it, so that no zombie is left."""
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    await process.wait()
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Send ``signum`` to a call's process group.
+
+    The group's id is its first program's pid. The kernel keeps that id from
+    being reused while any process of the group lives; once none does, the
+    call gets ``ESRCH`` here, and is told nobody was left.
+
+    Returns:
+        Whether any process of the group was there to receive it.
+    """
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - only a process that changed its user
+        return True
+    return True
+
+
+class _Call(asyncio.SubprocessProtocol):
+    """One run of the program: its output, bounded, and the moments it ends.
+
+    A protocol rather than :class:`asyncio.subprocess.Process`, whose ``wait``
+    (before Python 3.12) and ``communicate`` return only once every pipe is
+    closed: a background child holding stdout would hold the call forever.
+    """
+
+    def __init__(self, limit: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.limit = limit
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        #: Resolved when the program has exited (and been reaped).
+        self.exited: asyncio.Future[None] = loop.create_future()
+        #: Resolved when stdout grew past ``limit``.
+        self.too_large: asyncio.Future[None] = loop.create_future()
+        #: Resolved when stdout and stderr are both closed (every writer gone).
+        self.pipes_closed: asyncio.Future[None] = loop.create_future()
+        self._open = {1, 2}
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        """Keep stdout up to the limit, and the end of stderr."""
+        if fd == 1:
+            if self.too_large.done():
+                return
+            if len(self.stdout) + len(data) > self.limit:
+                self.too_large.set_result(None)
+                return
+            self.stdout += data
+        else:
+            self.stderr += data
+            if len(self.stderr) > STDERR_TAIL_BYTES:
+                del self.stderr[:-STDERR_TAIL_BYTES]
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        """Note a closed pipe; stdin's is of no interest."""
+        self._open.discard(fd)
+        if not self._open and not self.pipes_closed.done():
+            self.pipes_closed.set_result(None)
+
+    def process_exited(self) -> None:
+        """The program exited: the call is over, whatever its children do."""
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    async def drained(self) -> None:
+        """Wait until the program has exited and every pipe is closed."""
+        await self.exited
+        await self.pipes_closed
+
+
+def _send(transport: asyncio.SubprocessTransport, call: _Call, signum: int) -> bool:
+    """Send a signal to the call's process group (to the program alone without groups).
+
+    Returns:
+        Whether any process was there to receive it.
+    """
+    if _GROUPS:
+        return _signal_group(transport.get_pid(), signum)
+    if call.exited.done():  # pragma: no cover - no process groups
+        return False
+    transport.send_signal(signum)  # pragma: no cover
+    return True  # pragma: no cover
+
+
+async def _end(transport: asyncio.SubprocessTransport, call: _Call) -> None:
+    """End every process of the call: SIGTERM, SIGKILL after :data:`KILL_GRACE`, reap.
+
+    Run on every path, the answer's included: the children a program left in
+    the background are ended too. Cancelled meanwhile, it sends SIGKILL at
+    once and still waits (a bounded time) for the reaping, then re-raises the
+    cancellation: an abandoned program would outlive the event loop.
+
+    Raises:
+        asyncio.CancelledError: It was cancelled meanwhile.
+    """
+    cancelled = False
+    if _send(transport, call, signal.SIGTERM):
+        try:
+            # Over when the program has exited and nobody holds its pipes any more.
+            await asyncio.wait_for(call.drained(), KILL_GRACE)
+        except asyncio.TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            cancelled = True
+        _send(transport, call, signal.SIGKILL)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _REAP_WAIT
+    while not call.exited.done() and loop.time() < deadline:
+        try:
+            # asyncio's child watcher reaps it; its exit is reported once it has.
+            await asyncio.wait({call.exited}, timeout=deadline - loop.time())
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 class CommandAgentExecutor:
@@ -106,19 +245,29 @@ class CommandAgentExecutor:
         agent: The agent definition (name, system prompt).
         argv: The program and its arguments.
         timeout: Seconds one call may take.
+        max_answer_bytes: The most the program may print on stdout.
     """
 
-    def __init__(self, agent: AgentDefinition, argv: tuple[str, ...], timeout: float) -> None:
+    def __init__(
+        self,
+        agent: AgentDefinition,
+        argv: tuple[str, ...],
+        timeout: float,
+        *,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    ) -> None:
         """Build the executor.
 
         Args:
             agent: The agent definition.
             argv: The program and its arguments (not empty).
             timeout: Seconds one call may take.
+            max_answer_bytes: The most the program may print on stdout.
         """
         self.agent = agent
         self.argv = argv
         self.timeout = timeout
+        self.max_answer_bytes = max_answer_bytes
 
     @property
     def command_line(self) -> str:
@@ -129,14 +278,18 @@ class CommandAgentExecutor:
         """
         return shlex.join(self.argv)
 
-    async def _start(self) -> asyncio.subprocess.Process:
+    async def _start(self) -> tuple[asyncio.SubprocessTransport, _Call]:
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.create_subprocess_exec(
+            return await loop.subprocess_exec(
+                lambda: _Call(self.max_answer_bytes),
                 *self.argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env={**os.environ, AGENT_ENV_VAR: self.agent.name},
+                # Its own session: the terminal's Ctrl-C (and hang-up) never reach it.
+                start_new_session=_GROUPS,
             )
         except FileNotFoundError as error:
             raise FileNotFoundError(
@@ -157,35 +310,59 @@ class CommandAgentExecutor:
             ValueError: The task has no prompt.
             FileNotFoundError: The program cannot be found.
             AgentCommandTimeoutError: The call took longer than ``timeout``
-                seconds (a :class:`TimeoutError`); the process was killed.
+                seconds (a :class:`TimeoutError`); its processes were ended.
+            AgentAnswerTooLargeError: The program printed more than
+                ``max_answer_bytes`` (a :class:`RuntimeError`).
             RuntimeError: The program exited with a non-zero status (the
                 message has the status and the end of stderr) or printed nothing.
         """
         payload = build_stdin(self.agent.system_prompt, task_prompt(task))
-        process = await self._start()
+        transport, call = await self._start()
         try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(payload), self.timeout)
-        except asyncio.TimeoutError:
-            await _kill(process)
+            stdin = transport.get_pipe_transport(0)
+            assert isinstance(stdin, asyncio.WriteTransport)
+            # Buffered by the transport; a program that never reads it just exits.
+            stdin.write(payload)
+            stdin.close()
+            done, _ = await asyncio.wait(
+                {call.exited, call.too_large},
+                timeout=self.timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            try:
+                await _end(transport, call)
+            finally:
+                transport.close()
+        return self._answer(transport, call, timed_out=not done)
+
+    def _answer(
+        self, transport: asyncio.SubprocessTransport, call: _Call, *, timed_out: bool
+    ) -> dict[str, str]:
+        where = f"agent {self.agent.name!r}, command {self.command_line!r}"
+        if call.too_large.done():
+            raise AgentAnswerTooLargeError(
+                f"agent command printed more than {_megabytes(self.max_answer_bytes)} MB,"
+                f" the limit (--max-answer-mb); the call was ended ({where})"
+            )
+        if timed_out:
             raise AgentCommandTimeoutError(
-                f"agent command timed out after {self.timeout:g} s"
-                f" (agent {self.agent.name!r}, command {self.command_line!r})"
-            ) from None
-        except BaseException:
-            await _kill(process)
-            raise
-        if process.returncode != 0:
+                f"agent command timed out after {self.timeout:g} s ({where})"
+            )
+        code = transport.get_returncode()
+        if code != 0:
             raise RuntimeError(
                 f"agent command {self.command_line!r} for agent {self.agent.name!r} exited"
-                f" with code {process.returncode}; stderr ends with:\n{_stderr_tail(stderr)}"
+                f" with code {code}; stderr ends with:\n{_stderr_tail(bytes(call.stderr))}"
             )
-        text = stdout.decode("utf-8", errors="replace").strip()
+        text = call.stdout.decode("utf-8", errors="replace").strip()
         if not text:
-            raise RuntimeError(
-                f"agent command printed nothing (agent {self.agent.name!r},"
-                f" command {self.command_line!r})"
-            )
+            raise RuntimeError(f"agent command printed nothing ({where})")
         return {"text": text, "agent": self.agent.name, "model": self.command_line}
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):g}"
 
 
 @hookimpl
@@ -212,7 +389,7 @@ def register_executors(register: Callable[..., None], settings: Settings) -> Non
     Args:
         register: The registry's ``register`` function.
         settings: The run's settings (``agent_command``, ``command_timeout``,
-            ``agents_dirs``).
+            ``max_answer_bytes``, ``agents_dirs``).
 
     Raises:
         TypeError: ``agent_command`` is a string, not an argv sequence.
@@ -233,7 +410,12 @@ def register_executors(register: Callable[..., None], settings: Settings) -> Non
     for agent in load_agents(settings.agents_dirs).values():
         register(
             agent.name,
-            CommandAgentExecutor(agent, argv, settings.command_timeout),
+            CommandAgentExecutor(
+                agent,
+                argv,
+                settings.command_timeout,
+                max_answer_bytes=settings.max_answer_bytes,
+            ),
             description=agent.description,
             fingerprint=shlex.join(argv),
         )

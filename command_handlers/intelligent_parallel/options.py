@@ -26,7 +26,13 @@ from command_handlers.plugins import (
     RunPolicy,
     check_limit,
 )
-from command_handlers.settings import DEFAULT_COLOR_MAP, DEFAULT_TIMEOUT, DISPLAY_MODES, Settings
+from command_handlers.settings import (
+    DEFAULT_COLOR_MAP,
+    DEFAULT_MAX_ANSWER_BYTES,
+    DEFAULT_TIMEOUT,
+    DISPLAY_MODES,
+    Settings,
+)
 
 __all__ = ["CommandInputError", "Options", "parse_color_map"]
 
@@ -117,6 +123,7 @@ class Options:
     replace: bool = False
     grace: float = 30.0
     max_canvas_mb: float = DEFAULT_MAX_BYTES / (1024 * 1024)
+    max_answer_mb: float = DEFAULT_MAX_ANSWER_BYTES / (1024 * 1024)
 
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None) -> Options:
@@ -167,6 +174,11 @@ class Options:
         """The largest canvas read, in bytes."""
         return int(self.max_canvas_mb * 1024 * 1024)
 
+    @property
+    def max_answer_bytes(self) -> int:
+        """The most an agent program may print, in bytes."""
+        return int(self.max_answer_mb * 1024 * 1024)
+
     def settings(self, canvas_path: Path | None = None) -> Settings:
         """The settings plugins read.
 
@@ -181,6 +193,7 @@ class Options:
             agents_dirs=tuple(Path(d) for d in self.agents_dirs),
             agent_command=tuple(self.agent_command) if self.agent_command else None,
             command_timeout=self.timeout,
+            max_answer_bytes=self.max_answer_bytes,
             color_map=self.color_map,
             max_concurrency=self.max,
             route=self.route,
@@ -241,6 +254,13 @@ def _parse_running(parsed: Options, opts: Mapping[str, Any]) -> None:
     parsed.max_canvas_mb = _seconds(
         opts.get("max_canvas_mb", parsed.max_canvas_mb), "max_canvas_mb"
     )
+    parsed.max_answer_mb = _seconds(
+        opts.get("max_answer_mb", parsed.max_answer_mb), "max_answer_mb"
+    )
+    if parsed.max_answer_bytes < 1:
+        raise CommandInputError(
+            f"max_answer_mb must be more than 0, got {opts.get('max_answer_mb')!r}"
+        )
     if opts.get("rate") is not None:
         parsed.rate = _check_rate(str(opts["rate"]))
     agent_rates = opts.get("agent_rates") or {}

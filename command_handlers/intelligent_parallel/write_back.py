@@ -30,6 +30,7 @@ __all__ = [
     "CARD_SIZE",
     "FILE_SIZE",
     "INLINE_WIDTH",
+    "PREVIEW_CHARS",
     "PREVIEW_LINES",
     "Layout",
     "docs_folder",
@@ -41,6 +42,8 @@ CARD_SIZE = (250, 150)
 FILE_SIZE = (250, 150)
 INLINE_WIDTH = 420
 PREVIEW_LINES = 4
+#: The most characters a card's preview holds: one line of a huge answer can be megabytes.
+PREVIEW_CHARS = 400
 
 _Box = tuple[float, float, float, float]
 
@@ -110,9 +113,11 @@ def _document(folder: Path, stem: str, content: str) -> Path:
     raise AssertionError("unreachable: the names never run out")  # pragma: no cover
 
 
-def _preview(text: str, lines: int = PREVIEW_LINES) -> str:
-    kept = [line for line in text.strip().splitlines() if line.strip()][:lines]
-    return "\n".join(kept)
+def _preview(text: str, lines: int = PREVIEW_LINES, chars: int = PREVIEW_CHARS) -> str:
+    # Only the start is looked at, so that a huge answer costs no more than a short one.
+    kept = [line for line in text.strip()[: chars + 1].splitlines() if line.strip()][:lines]
+    preview = "\n".join(kept)
+    return preview if len(preview) <= chars else preview[: chars - 1].rstrip() + "…"
 
 
 def _relative(path: Path, start: Path) -> str:

@@ -336,3 +336,25 @@ def agent_program(tmp_path: Path) -> AgentProgram:
     script = folder / "agent.py"
     script.write_text(AGENT_PROGRAM, encoding="utf-8")
     return AgentProgram(script, folder / "calls.log", folder / "stdin")
+
+
+def processes_running(marker: str) -> list[int]:
+    """The pids of the live processes (zombies left out) whose command line holds ``marker``.
+
+    Read from ``/proc``; an empty list where there is none.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():  # pragma: no cover - not Linux
+        return []
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue  # gone meanwhile
+        if marker in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found

@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 import pytest
 
+from .conftest import processes_running
+
 AGENT = "clarification-path"
 JOURNAL_NAME = ".notes.canvas.journal.sqlite"
 OK_LINE = re.compile(r"\]\s+ok\s+(\S+)")
@@ -223,9 +225,13 @@ def test_kill_9_mid_run_keeps_the_journal_and_resume_runs_only_the_rest(
             process.send_signal(signal.SIGKILL)  # the CLI alone, mid-run
             process.wait(timeout=10)
     finally:
-        # Its agent programs outlive it (the SLOW ones sleep): end them too.
+        # Its agent programs outlive it (the SLOW ones sleep), each in a session of its
+        # own: end them too, found by their script's path.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        for pid in processes_running(str(agent.script)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if process.poll() is None:  # pragma: no cover - only when the test already failed
             process.kill()
             process.wait()
