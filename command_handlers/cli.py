@@ -1,19 +1,23 @@
 """``intelligent-parallel``: answer every learner's note of a canvas at once.
 
 Exit codes: 0 every task succeeded (or there was nothing to do), 1 some tasks
-failed (the rest were still written), 2 bad input, 130 interrupted.
+failed (the rest were still written), 2 bad input, 130 interrupted (129 by a
+hang-up, 143 by SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.markup import escape
@@ -69,7 +73,7 @@ examples:
   intelligent-parallel notes.canvas --agents-dir .claude/agents --agent-command "claude -p"
 
 exit codes: 0 all answered or nothing to do, 1 some tasks failed,
-            2 bad input, 130 interrupted
+            2 bad input, 130 interrupted (129 hang-up, 143 SIGTERM)
 """
 
 
@@ -280,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_seconds,
         default=_DEFAULTS.grace,
         metavar="SECONDS",
-        help="after Ctrl-C, how long running calls may finish before they are cancelled"
+        help="after Ctrl-C (or SIGTERM, SIGHUP), how long running calls may finish before"
+        " they are cancelled"
         f" (default: {_DEFAULTS.grace:g})",
     )
     run.add_argument(
@@ -476,12 +481,19 @@ def _print_summary(console: Console, result: CommandResult) -> None:
         console.print(result.message, style="yellow", markup=False)
 
 
-def _confirm(console: Console) -> Any:
+def _confirm(console: Console, signals: _Signals) -> Any:
     def ask(plan: Mapping[str, Any]) -> bool:
         print_plan(console, plan)
-        return Confirm.ask("Call the agents?", default=False, console=console)
+        with signals.prompting():
+            return Confirm.ask("Call the agents?", default=False, console=console)
 
     return ask
+
+
+def _say(line: str) -> None:
+    """Print a line on stderr, whatever --quiet says; a terminal already gone is no error."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -520,24 +532,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.canvas_file = canvas_file
     console = Console(stderr=True, quiet=args.quiet)
     interactive = sys.stdin.isatty() and console.is_terminal and not args.json
-    handler = IntelligentParallelCommandHandler(confirm=_confirm(console) if interactive else None)
+    signals = _Signals(console, args.grace)
+    handler = IntelligentParallelCommandHandler(
+        confirm=_confirm(console, signals) if interactive else None
+    )
+    signals.handler = handler
     try:
         _check_report(args.report)
-        result = asyncio.run(_run_with_signals(handler, console, args))
+        result = asyncio.run(_run_with_signals(handler, signals, args))
     except CommandInputError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         if args.quiet:
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, asyncio.CancelledError):
+        signals.after_the_run()
         where = f"; finished answers saved to {handler.side_file}" if handler.side_file else ""
-        print(
+        _say(
             f"\nInterrupted: the canvas was not changed{where}."
-            " Run the same command again to go on: the journal keeps every finished answer.",
-            file=sys.stderr,
+            " Run the same command again to go on: the journal keeps every finished answer."
         )
-        return EXIT_INTERRUPTED
-    return _finish(console, args, result)
+        return signals.exit_code
+    signals.after_the_run()
+    return _finish(console, args, result, signals.exit_code)
 
 
 def _error(exc: Exception) -> None:
@@ -578,36 +595,135 @@ def _install(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _run_with_signals(
-    handler: IntelligentParallelCommandHandler, console: Console, args: argparse.Namespace
-) -> CommandResult:
-    """Run the handler; the first Ctrl-C stops gently, the second at once."""
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    assert main_task is not None  # a coroutine run by asyncio.run
-    presses = 0
+#: The signals that stop a run: Ctrl-C, ``kill``, and the terminal's hang-up.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
-    def on_interrupt() -> None:
-        nonlocal presses
-        presses += 1
-        if presses == 1 and handler.request_stop():
-            console.print(
-                f"[yellow]Stopping: no new calls; running ones get {args.grace:g} s to finish."
-                " Ctrl-C again to stop at once.[/]"
-            )
+
+class _Signals:
+    """What Ctrl-C, SIGTERM and SIGHUP do to a run.
+
+    The first stops starting calls and lets the running ones finish within
+    the grace; the second cancels the run at once. Each signal is handled
+    twice: a Python handler raises the handler's flag the moment it comes,
+    so that no call starts after it even while the run plans in one stretch
+    of code, and the event loop does the rest (printing, cancelling) from a
+    handler of ``loop.add_signal_handler``, which also wakes the loop.
+    """
+
+    def __init__(self, console: Console, grace: float) -> None:
+        self.console = console
+        self.grace = grace
+        self.handler: IntelligentParallelCommandHandler | None = None
+        #: The signals the loop has handled, in order.
+        self.received: list[int] = []
+        self._prompting = False
+
+    @property
+    def exit_code(self) -> int:
+        """128 plus the first signal's number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
+        return 128 + self.received[0] if self.received else EXIT_INTERRUPTED
+
+    def after_the_run(self) -> None:
+        """Before the closing lines: after a hang-up, the terminal may have gone since."""
+        if getattr(signal, "SIGHUP", None) in self.received:
+            _silence_a_closed_terminal()
+
+    @contextlib.contextmanager
+    def prompting(self) -> Iterator[None]:
+        """While the confirmation prompt waits for a key, a signal ends the command."""
+        self._prompting = True
+        try:
+            yield
+        finally:
+            self._prompting = False
+
+    def at_once(self, signum: int, frame: FrameType | None) -> None:
+        """The Python signal handler: raise the flag; the loop does the rest."""
+        del frame
+        if self.handler is not None:
+            self.handler.hold_calls()
+        if self._prompting:
+            # The prompt blocks in input(), a safe place to leave from, and the
+            # loop cannot run before it returns: nothing has started yet.
+            self.received.append(signum)
+            raise KeyboardInterrupt
+
+    def in_loop(self, signum: int, main_task: asyncio.Task[Any]) -> None:
+        """The event loop's handler: stop gently the first time, at once the second."""
+        if signum == getattr(signal, "SIGHUP", None):
+            _silence_a_closed_terminal()
+            if signum in self.received:
+                # A closed terminal hangs up twice (the kernel, then the shell passing
+                # it on), and nobody is left to ask for more: the first one stands.
+                return
+        self.received.append(signum)
+        handler = self.handler
+        assert handler is not None
+        if handler.writing:
+            return  # a moment more writes what finished; cancelling now could half-say it
+        if len(self.received) == 1 and handler.request_stop():
+            by = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+            with contextlib.suppress(OSError, ValueError):  # a terminal hung up
+                self.console.print(
+                    f"[yellow]Stopping{by}: no new calls; running ones get {self.grace:g} s"
+                    " to finish. Ctrl-C again to stop at once.[/]"
+                )
         else:
             main_task.cancel()
 
-    try:
-        loop.add_signal_handler(signal.SIGINT, on_interrupt)
-        installed = True
-    except (NotImplementedError, RuntimeError):  # pragma: no cover - not on this platform
-        installed = False
-    try:
+    @contextlib.contextmanager
+    def installed(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+        """Handle the stop signals in this block, then restore what was there."""
+        main_task = asyncio.current_task()
+        assert main_task is not None  # a coroutine run by asyncio.run
+        installed: list[tuple[int, Callable[..., Any] | int | None]] = []
+        try:
+            for signum in STOP_SIGNALS:
+                previous = signal.getsignal(signum)
+                if previous == signal.SIG_IGN:
+                    continue  # started ignoring it (nohup): it stays ignored
+                try:
+                    loop.add_signal_handler(signum, self.in_loop, signum, main_task)
+                except (NotImplementedError, RuntimeError):  # pragma: no cover - not here
+                    continue
+                # add_signal_handler's own Python handler only wakes the loop (its
+                # wake-up fd does); this one also raises the flag at once.
+                signal.signal(signum, self.at_once)
+                installed.append((signum, previous))
+            yield
+        finally:
+            for signum, previous in installed:
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, previous)
+
+
+def _silence_a_closed_terminal() -> None:
+    """After a hang-up, send what would go to the closed terminal nowhere, not into errors.
+
+    A terminal that hung up fails every write with ``EIO``: the run's summary
+    would end in a traceback, and the exit code with it.
+    """
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (captured, say)
+            continue
+        try:
+            os.write(fd, b"")
+        except OSError:
+            # Open for the rest of the process, as sys.stderr is.
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115  # pylint: disable=consider-using-with
+
+
+async def _run_with_signals(
+    handler: IntelligentParallelCommandHandler, signals: _Signals, args: argparse.Namespace
+) -> CommandResult:
+    """Run the handler; the first stop signal stops gently, the second at once."""
+    with signals.installed(asyncio.get_running_loop()):
         return await handler.run(Path(args.canvas_file), _options(args))
-    finally:
-        if installed:
-            loop.remove_signal_handler(signal.SIGINT)
 
 
 def _check_report(report: str | None) -> None:
@@ -623,7 +739,9 @@ def _check_report(report: str | None) -> None:
         )
 
 
-def _finish(console: Console, args: argparse.Namespace, result: CommandResult) -> int:
+def _finish(
+    console: Console, args: argparse.Namespace, result: CommandResult, interrupted_code: int
+) -> int:
     if result.kind == "nothing-selected":
         console.print(f"{result.message}: nothing to do.")
         return EXIT_OK
@@ -649,8 +767,12 @@ def _finish(console: Console, args: argparse.Namespace, result: CommandResult) -
         return EXIT_OK
     _print_summary(console, result)
     if result.interrupted:
-        console.print(f"[yellow]{escape(result.message)}[/]", soft_wrap=True)
-        return EXIT_INTERRUPTED
+        # How to go on is the run's error message: printed even under --quiet.
+        if args.quiet:
+            _say(result.message)
+        else:
+            console.print(f"[yellow]{escape(result.message)}[/]", soft_wrap=True)
+        return interrupted_code
     return EXIT_OK if result.success else EXIT_FAILED
 
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import stat
+import time
 from pathlib import Path
 
 from command_handlers.canvas import DEFAULT_MAX_BYTES, Canvas, CanvasError
@@ -30,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "changed_on_disk",
     "read_canvas",
+    "remove_stale_temporaries",
     "save_atomic",
     "save_canvas",
 ]
@@ -156,6 +159,74 @@ def save_atomic(
     return backup_path
 
 
+#: Seconds after which a temporary file of ours, untouched, is stale whoever wrote it.
+STALE_TEMPORARY_SECONDS = 3600.0
+
+
+def _temporary_name(target: Path) -> Path:
+    """A fresh temporary name beside ``target``: ``.<name>.<pid>-<8 hex>.tmp``.
+
+    The writer's pid in the name tells a later run whether the file's writer
+    still runs (see :func:`remove_stale_temporaries`).
+    """
+    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files a killed run left beside ``target`` and its backup.
+
+    Only files named as :func:`save_atomic` names them are looked at
+    (``.<name>.<pid>-<8 hex>.tmp``, and ``.<name>.<8 hex>.tmp`` of earlier
+    versions): those whose writing process no longer runs, and those untouched
+    for :data:`STALE_TEMPORARY_SECONDS`. A file being written by a live
+    process is left alone. Nothing is raised: a file that cannot be removed stays.
+
+    Args:
+        target: The file whose temporaries to remove (a canvas).
+
+    Returns:
+        The files removed.
+    """
+    path = Path(target)
+    names = {path.name, path.name + ".bak"}
+    pattern = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[0-9a-f]{8}\.tmp$")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent if str(path.parent) else "."))
+    except OSError:
+        return []
+    now = time.time()
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or match["name"] not in names:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            pid = int(match["pid"]) if match["pid"] else None
+            if (pid is None or _running(pid)) and now - info.st_mtime < STALE_TEMPORARY_SECONDS:
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (ours counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or no way to tell: assume it runs
+        return True
+    return True
+
+
 def _read_limited(path: Path, max_bytes: int) -> bytes:
     """Read a regular file of at most ``max_bytes`` bytes, or raise :class:`CanvasError`."""
     try:
@@ -199,7 +270,7 @@ def _write_atomic(target: Path, data: bytes, mode: int | None) -> None:
     """Write ``data`` to a temp file beside ``target``, fsync it and move it onto ``target``."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        temp = _temporary_name(target)
         try:
             fd = os.open(temp, flags, 0o666)  # the umask applies, as for any new file
             break

@@ -6,6 +6,9 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,13 @@ import pytest
 
 from command_handlers import fileio
 from command_handlers.canvas import DEFAULT_MAX_BYTES, Canvas, CanvasError
-from command_handlers.fileio import changed_on_disk, read_canvas, save_atomic, save_canvas
+from command_handlers.fileio import (
+    changed_on_disk,
+    read_canvas,
+    remove_stale_temporaries,
+    save_atomic,
+    save_canvas,
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -200,12 +209,13 @@ def test_save_atomic_retries_a_taken_temp_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "notes.canvas"
-    (tmp_path / ".notes.canvas.aaaa.tmp").write_text("someone else's")
+    taken = tmp_path / f".notes.canvas.{os.getpid()}-aaaa.tmp"
+    taken.write_text("someone else's")
     names = iter(["aaaa", "bbbb"])
     monkeypatch.setattr(fileio.secrets, "token_hex", lambda _n: next(names))
     save_atomic(target, "new")
     assert target.read_text() == "new"
-    assert (tmp_path / ".notes.canvas.aaaa.tmp").read_text() == "someone else's"
+    assert taken.read_text() == "someone else's"
 
 
 def test_directory_fsync_problems_are_ignored(
@@ -274,3 +284,32 @@ def test_canvas_without_a_file() -> None:
         changed_on_disk(canvas)
     with pytest.raises(CanvasError, match="no path to save"):
         save_canvas(canvas)
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path: Path) -> None:
+    target = tmp_path / "notes.canvas"
+    target.write_text("{}")
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()  # a pid no process has now
+    hour_ago = time.time() - 2 * fileio.STALE_TEMPORARY_SECONDS
+    stale = [
+        tmp_path / f".notes.canvas.{gone.pid}-0123abcd.tmp",  # its writer is gone
+        tmp_path / f".notes.canvas.bak.{gone.pid}-0123abcd.tmp",  # the backup's
+        tmp_path / ".notes.canvas.89abcdef.tmp",  # an earlier version's, long untouched
+    ]
+    kept = [
+        tmp_path / f".notes.canvas.{os.getpid()}-0123abcd.tmp",  # being written by us
+        tmp_path / ".notes.canvas.fedcba98.tmp",  # an earlier version's, fresh
+        tmp_path / f".other.canvas.{gone.pid}-0123abcd.tmp",  # another file's
+        tmp_path / ".notes.canvas.mine.tmp",  # not our pattern
+    ]
+    for path in stale + kept:
+        path.write_text("partial")
+    os.utime(stale[2], (hour_ago, hour_ago))
+
+    removed = remove_stale_temporaries(target)
+
+    assert sorted(removed) == sorted(stale)
+    assert all(path.exists() for path in kept)
+    assert target.read_text() == "{}"
+    assert remove_stale_temporaries(tmp_path / "missing" / "x.canvas") == []

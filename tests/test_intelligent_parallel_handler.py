@@ -856,7 +856,36 @@ def test_a_dry_run_creates_no_journal(canvas: Path) -> None:
 
 
 def test_request_stop_without_a_run() -> None:
-    assert IntelligentParallelCommandHandler().request_stop() is False
+    handler = IntelligentParallelCommandHandler()
+    assert handler.request_stop() is False
+    handler.hold_calls()  # nothing to hold: no error
+    assert handler.writing is False
+
+
+@pytest.mark.parametrize("how", ["request_stop", "hold_calls"])
+def test_a_stop_while_planning_starts_no_call(canvas: Path, how: str) -> None:
+    handler = IntelligentParallelCommandHandler()
+    fake = FakeAgents()
+    asked: list[bool] = []
+
+    class StopWhilePlanning:
+        @hookimpl
+        def configure(self) -> None:
+            getattr(handler, how)()  # as a signal handler would, while the run plans
+            asked.append(handler.request_stop())  # a second request: already stopping
+
+    handler.plugins = [fake, StopWhilePlanning()]
+    original = canvas.read_bytes()
+
+    result = asyncio.run(handler.run(canvas, {"auto": True, "no_journal": True}))
+
+    assert fake.calls == []
+    assert result.interrupted is True
+    assert result.message.startswith("stopped: 2 notes were not answered")
+    assert {row["status"] for row in result.results} == {"cancelled"}
+    assert canvas.read_bytes() == original
+    assert asked == [how == "hold_calls"]  # the loop's half still wakes the run once
+    assert handler.request_stop() is False  # the run is over
 
 
 def test_max_answer_mb_is_checked_and_reaches_the_settings(canvas: Path) -> None:

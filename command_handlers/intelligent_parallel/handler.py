@@ -25,7 +25,12 @@ import pluggy
 
 from command_handlers import hookimpl
 from command_handlers.canvas import Canvas, CanvasError
-from command_handlers.fileio import changed_on_disk, read_canvas, save_canvas
+from command_handlers.fileio import (
+    changed_on_disk,
+    read_canvas,
+    remove_stale_temporaries,
+    save_canvas,
+)
 from command_handlers.hookspecs import OutcomeView, TaskView, WrittenAnswer
 from command_handlers.intelligent_parallel.answered import AnswerIndex, find_answers
 from command_handlers.intelligent_parallel.hashes import InputHashes
@@ -145,6 +150,41 @@ class _Prerequisites:
         data["prompt"] = build_prompt(note.text, note.material, prerequisites)
 
 
+class _StopEvent(asyncio.Event):
+    """The run's stop event, which a signal handler can also raise at once.
+
+    The engine checks :meth:`is_set` before it starts each call. A Python
+    signal handler runs between any two bytecodes, the event loop's included,
+    where waking the event's waiters is unsafe; so it only raises
+    :attr:`requested`, which :meth:`is_set` reads from then on, and the loop
+    wakes the waiters with :meth:`set` soon after.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Raised by a signal handler: no call starts from now on.
+        self.requested = False
+
+    def is_set(self) -> bool:
+        """Whether the run must start no new call.
+
+        Returns:
+            ``True`` once :attr:`requested` is raised or :meth:`set` was called.
+        """
+        return self.requested or super().is_set()
+
+    def request(self) -> bool:
+        """From the event loop: raise the flag and wake the waiters.
+
+        Returns:
+            Whether this is the first request from the loop.
+        """
+        first = not super().is_set()
+        self.requested = True
+        self.set()
+        return first
+
+
 @dataclass(frozen=True)
 class _Command:
     """What every step of one command run reads."""
@@ -183,20 +223,41 @@ class IntelligentParallelCommandHandler:
         self.confirm = confirm
         #: Where the answers of the last run went when the canvas could not be written.
         self.side_file: Path | None = None
-        self._stop: asyncio.Event | None = None
+        self._stop: _StopEvent | None = None
+        self._writing = False
+
+    @property
+    def writing(self) -> bool:
+        """Whether the run is past its calls, writing the answers.
+
+        Cancelled now, it might have written the canvas already: let it end.
+        """
+        return self._writing
 
     def request_stop(self) -> bool:
         """Start no new agent call; let running ones finish (up to the grace), then write.
 
-        Call it from the event loop running :meth:`run` (a signal handler, say).
+        A stop requested while the run is still planning means that no call
+        starts at all. Call it from the event loop running :meth:`run` (a
+        handler installed with ``loop.add_signal_handler``, say); from a
+        Python signal handler, call :meth:`hold_calls` instead.
 
         Returns:
-            Whether a run was under way to be stopped.
+            Whether a run was under way, and not stopping already.
         """
-        if self._stop is None or self._stop.is_set():
-            return False
-        self._stop.set()
-        return True
+        return self._stop is not None and self._stop.request()
+
+    def hold_calls(self) -> None:
+        """Start no new agent call from this moment: the signal-safe half of :meth:`request_stop`.
+
+        Safe in a Python signal handler (it raises a flag, nothing more), so
+        that a signal received while the run plans or starts calls stops them
+        at once, before the event loop could run anything. Call
+        :meth:`request_stop` from the loop afterwards, for the rest.
+        """
+        stop = self._stop
+        if stop is not None:
+            stop.requested = True
 
     def execute(
         self, canvas_path: str | os.PathLike[str], options: Mapping[str, Any] | None = None
@@ -265,16 +326,21 @@ class IntelligentParallelCommandHandler:
                 untouched and finished answers are in :attr:`side_file`.
         """
         self.side_file = None
-        opts = Options.parse(options)
-        canvas = _load(canvas_path, opts.max_canvas_bytes)
-        settings = opts.settings(canvas.path)
-        pm = self._plugin_manager(opts)
-        notices = _refused_as_input(lambda: _notices(pm, settings))
+        # From the very start: a stop requested while planning means no call starts.
+        self._stop, self._writing = _StopEvent(), False
         try:
-            _refused_as_input(lambda: pm.hook.configure(settings=settings, pm=pm))
-            return await self._run(canvas, opts, settings, pm, notices)
+            opts = Options.parse(options)
+            canvas = _load(canvas_path, opts.max_canvas_bytes)
+            settings = opts.settings(canvas.path)
+            pm = self._plugin_manager(opts)
+            notices = _refused_as_input(lambda: _notices(pm, settings))
+            try:
+                _refused_as_input(lambda: pm.hook.configure(settings=settings, pm=pm))
+                return await self._run(canvas, opts, settings, pm, notices)
+            finally:
+                await notify(pm, "unconfigure", settings=settings)
         finally:
-            await notify(pm, "unconfigure", settings=settings)
+            self._stop, self._writing = None, False
 
     def _plugin_manager(self, opts: Options) -> pluggy.PluginManager:
         try:
@@ -321,11 +387,16 @@ class IntelligentParallelCommandHandler:
             return result
         if not plan["calls"]:
             return self._up_to_date(command, result)
-        if not opts.auto and self.confirm is not None and not self.confirm(plan):
+        # Asked to stop while planning: no question; the engine starts nothing.
+        asking = not opts.auto and self.confirm is not None and not self._stopping()
+        if asking and self.confirm is not None and not self.confirm(plan):
             result.kind, result.success = "declined", False
             result.message = "Cancelled: no agent was called"
             return result
         return await self._answer(command, result)
+
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
 
     def _up_to_date(self, command: _Command, result: CommandResult) -> CommandResult:
         """Every selected note is already answered: nothing changes."""
@@ -363,7 +434,10 @@ class IntelligentParallelCommandHandler:
         if opts.follow_edges:
             earlier = earlier_answers(notes, command.known)
             command.pm.register(_Prerequisites(notes, outcomes, earlier), name="prerequisites")
-        self._stop = asyncio.Event()
+        assert self._stop is not None
+        target = Path(opts.output) if opts.output else command.canvas.path
+        assert target is not None
+        remove_stale_temporaries(target)
         started = time.monotonic()
         try:
             summary = await run_tasks(
@@ -382,8 +456,8 @@ class IntelligentParallelCommandHandler:
         except asyncio.CancelledError:
             self.side_file = _side_file(command, outcomes.answers(tasks), "interrupted")
             raise
-        finally:
-            self._stop = None
+        # From here on the run writes; cancelling it could leave the canvas written unsaid.
+        self._writing = True
         elapsed = time.monotonic() - started
         rows = [task_row(task, outcomes.outcomes.get(task.task_id), notes) for task in tasks]
         await self._write(command, tasks, outcomes, rows, result)
