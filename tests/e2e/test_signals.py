@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -419,3 +420,23 @@ def test_a_second_signal_cancels_at_once_and_leaves_the_canvas_alone(
     assert journal_statuses(vault) == {"n1": "success", "n2": "cancelled"}
     assert agent.left_behind() == []
     assert not list(vault.glob(".notes.canvas.*.tmp"))
+
+
+@pytest.mark.skipif(shutil.which("nohup") is None, reason="no nohup")
+def test_a_run_started_under_nohup_ignores_the_hang_up(
+    vault: Path,
+    agent: SignalAgent,
+    make_canvas: Callable[[Path, Any], bytes],
+    console_argv: list[str],
+) -> None:
+    canvas = make_notes(vault, make_canvas, "A GATE note.")
+    argv = [str(canvas), "--agent-command", agent.command]
+    with running(["nohup", *console_argv, *argv]) as cli:  # SIGHUP ignored, inherited
+        wait_until(lambda: len(agent.started()) == 1)
+        cli.signal(signal.SIGHUP)
+        agent.release()
+        code = cli.wait()
+
+    assert code == 0, cli.stderr
+    assert "Stopping" not in cli.stderr
+    assert set(answered(canvas)) == {"n1"}
