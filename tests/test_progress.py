@@ -216,6 +216,8 @@ def test_tasks_the_run_did_not_list_are_still_counted(clock: Clock) -> None:
             "cancelled": 0,
             "mean_duration": 1.0,
             "total_duration": 1.0,
+            "input_tokens": 0,
+            "output_tokens": 0,
         },
         "oral": {
             "tasks": 1,
@@ -225,6 +227,8 @@ def test_tasks_the_run_did_not_list_are_still_counted(clock: Clock) -> None:
             "cancelled": 0,
             "mean_duration": 0.0,
             "total_duration": 0.0,
+            "input_tokens": 0,
+            "output_tokens": 0,
         },
         "stray": {
             "tasks": 2,
@@ -234,6 +238,8 @@ def test_tasks_the_run_did_not_list_are_still_counted(clock: Clock) -> None:
             "cancelled": 0,
             "mean_duration": 0.0,
             "total_duration": 0.0,
+            "input_tokens": 0,
+            "output_tokens": 0,
         },
     }
     assert re.search(r"│ stray\s+│\s+2 │\s+1 │\s+1 │\s+0 │\s+- │", text)
@@ -269,6 +275,8 @@ def test_stats_and_durations(clock: Clock) -> None:
             "cancelled": 0,
             "mean_duration": 1.3,
             "total_duration": 2.6,
+            "input_tokens": 0,
+            "output_tokens": 0,
         }
     )
     assert stats["clarify"]["skipped"] == 1
@@ -298,6 +306,8 @@ def test_a_new_run_starts_from_zero(clock: Clock) -> None:
             "cancelled": 0,
             "mean_duration": 0.0,
             "total_duration": 0.0,
+            "input_tokens": 0,
+            "output_tokens": 0,
         }
     }
     assert display.durations == {}
