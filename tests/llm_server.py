@@ -16,8 +16,10 @@ when) and the maximum number of requests in flight.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -64,6 +66,7 @@ class Request:
         status: The status sent (0 while unanswered).
         answered: When the status was sent (``time.monotonic()``).
         authorization: The ``Authorization`` header.
+        usage: The usage the answer reported (``None`` unless it succeeded).
     """
 
     note: str
@@ -74,6 +77,7 @@ class Request:
     status: int = 0
     answered: float = 0.0
     authorization: str = ""
+    usage: dict[str, int] | None = None
 
 
 class LlmServer:
@@ -99,9 +103,12 @@ class LlmServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.connections = 0
+        self.open_connections = 0
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._attempts: dict[str, int] = {}
+        self._closed = threading.Condition()
+        self._sockets: set[socket.socket] = set()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -120,13 +127,23 @@ class LlmServer:
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
-            block_on_close = False
+            block_on_close = True  # server_close() joins every handler thread
             request_queue_size = 128
 
             def process_request(self, request: Any, client_address: Any) -> None:
-                with server._lock:
+                with server._closed:
                     server.connections += 1
+                    server.open_connections += 1
+                    server._sockets.add(request)
                 super().process_request(request, client_address)
+
+            def shutdown_request(self, request: Any) -> None:
+                with server._closed:
+                    server._sockets.discard(request)
+                super().shutdown_request(request)
+                with server._closed:
+                    server.open_connections -= 1
+                    server._closed.notify_all()
 
         self._httpd = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
@@ -140,12 +157,24 @@ class LlmServer:
         self.stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
+            # Handler threads wait on idle keep-alive connections: end them, so
+            # that server_close() can join every thread.
+            with self._closed:
+                sockets = list(self._sockets)
+            for sock in sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
             self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
             assert not self._thread.is_alive(), "the test server's thread did not stop"
 
     # -- what the tests read ---------------------------------------------------------
+
+    def wait_closed(self, timeout: float = 5.0) -> bool:
+        """Wait until every client connection is closed; ``False`` on a timeout."""
+        with self._closed:
+            return self._closed.wait_for(lambda: self.open_connections == 0, timeout)
 
     def requests_for(self, note: str) -> list[Request]:
         """The requests for one note, in the order they arrived."""
@@ -228,6 +257,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "prompt_tokens": words,
                 "completion_tokens": len(answer.split()),
                 "total_tokens": words + len(answer.split()),
+            }
+            request.usage = {
+                "input_tokens": usage["prompt_tokens"],
+                "output_tokens": usage["completion_tokens"],
             }
             if stream:
                 include = bool((body.get("stream_options") or {}).get("include_usage"))

@@ -285,6 +285,37 @@ def test_stats_and_durations(clock: Clock) -> None:
     assert display.elapsed == pytest.approx(2.1)  # frozen at the end of the run
 
 
+def test_the_table_shows_the_tokens_the_agents_spent(clock: Clock) -> None:
+    display = ProgressDisplay(console(), mode="plain")
+    a, b, c = task("a"), task("b"), task("c", "command")
+    run = run_info(a, b, c)
+    display.on_run_start(run)
+    spent = {"text": "fine", "usage": {"input_tokens": 1200, "output_tokens": 30}}
+    for item in (a, b):
+        display.on_task_start(item)
+        display.on_task_end(item, ended(result=spent))
+    display.on_task_start(c)
+    ok(display, c)  # a command agent cannot say what it spent
+    display.on_run_end(run, summary())
+    stats = display.stats
+    assert (stats["oral"]["input_tokens"], stats["oral"]["output_tokens"]) == (2400, 60)
+    assert (stats["command"]["input_tokens"], stats["command"]["output_tokens"]) == (0, 0)
+    text = output(display._console)  # pylint: disable=protected-access
+    assert "Tokens in" in text
+    assert "Tokens out" in text
+    oral = next(line for line in text.splitlines() if "│ oral" in line)
+    assert "2,400" in oral
+    assert "60" in oral
+    command = next(line for line in text.splitlines() if "│ command" in line)
+    assert command.rstrip(" │").endswith("-")
+
+
+def test_no_token_columns_when_no_agent_says(clock: Clock) -> None:
+    display = ProgressDisplay(console(), mode="plain")
+    drive_mixed_run(display, clock)
+    assert "Tokens" not in output(display._console)  # pylint: disable=protected-access
+
+
 def test_elapsed_runs_while_the_run_does(clock: Clock) -> None:
     display = ProgressDisplay(console(), mode="plain")
     display.on_run_start(run_info(task("a")))
