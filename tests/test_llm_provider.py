@@ -283,6 +283,25 @@ async def test_one_client_per_run_closed_when_the_run_ends(server: LlmServer) ->
     assert len(server.requests) == 12
 
 
+def test_the_model_router_calls_through_the_same_path(
+    server: LlmServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.latency = 0.05  # long enough for the two calls of -m 2 to overlap
+    server.scripts["NOTE-1"] = Script(statuses=(429,))
+    canvas = notes_canvas(tmp_path, 4)
+
+    code, report, err = run(capsys, canvas, "--model", "local-chat", "--route", "model", "-m", 2)
+
+    assert code == 0, err
+    # One routing question and one answer per note: exactly one request each (the
+    # routing run does not retry; NOTE-1, refused, falls back to the colour map).
+    assert server.per_note() == {"NOTE-0": 2, "NOTE-1": 2, "NOTE-2": 2, "NOTE-3": 2}
+    assert [request.status for request in server.requests_for("NOTE-1")] == [429, 200]
+    assert server.max_in_flight == 2
+    assert all(row["status"] == "success" for row in report["tasks"])
+    assert server.wait_closed(5)  # both runs' clients are closed
+
+
 def test_open_files_stay_bounded_by_the_concurrency_limit(
     server: LlmServer, tmp_path: Path
 ) -> None:

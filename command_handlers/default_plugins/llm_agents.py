@@ -519,23 +519,29 @@ ECHO_NOTICE = (
 )
 
 
-def _models_used(settings: Settings) -> list[str]:
-    """The models the run's agents (and a model router) would call, run model first."""
+def _models_used(settings: Settings) -> dict[str, Any]:
+    """The models the run's agents (and a model router) would call, run model first.
+
+    Returns:
+        Model id -> the ``llm`` model, each looked up once (a look-up registers
+        every plugin's models again: tenths of a second).
+
+    Raises:
+        ValueError: ``llm`` knows no model ``settings.model``.
+    """
     run_model = run_model_id(settings)
-    used = [run_model] if settings.route == "model" else []
-    known: dict[str, bool] = {}
+    found: dict[str, Any] = {run_model: _get_model(run_model)}
+    used = {run_model} if settings.route == "model" else set()
+    unknown: set[str] = set()
     for agent in load_agents(settings.agents_dirs).values():
         wanted = agent.model
-        if wanted is not None and wanted not in known:
+        if wanted is not None and wanted not in found and wanted not in unknown:
             try:
-                _get_model(wanted)
-                known[wanted] = True
+                found[wanted] = _get_model(wanted)
             except ValueError:
-                known[wanted] = False
-        model_id = wanted if wanted is not None and known[wanted] else run_model
-        if model_id not in used:
-            used.append(model_id)
-    return sorted(used, key=lambda model_id: model_id != run_model)
+                unknown.add(wanted)
+        used.add(wanted if wanted is not None and wanted in found else run_model)
+    return {model_id: model for model_id, model in found.items() if model_id in used}
 
 
 @hookimpl
@@ -559,9 +565,8 @@ def check_settings(settings: Settings) -> str | None:
     """
     if settings.agent_command is not None:
         return None
-    check_model(settings.model)
-    for model_id in _models_used(settings):
-        problem = missing_key(_get_model(model_id))
+    for model in _models_used(settings).values():
+        problem = missing_key(model)
         if problem is not None:
             raise ValueError(problem)
     return ECHO_NOTICE if uses_echo(settings) else None
