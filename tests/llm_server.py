@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import select
 import socket
 import threading
 import time
@@ -45,12 +46,14 @@ class Script:
         headers: Headers sent with the error statuses (``Retry-After``...).
         latency: Seconds before answering (``None``: the server's latency).
         hang: Never answer (until the server stops).
+        hangs: Never answer the first ``hangs`` attempts (until the server stops).
     """
 
     statuses: tuple[int, ...] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
     latency: float | None = None
     hang: bool = False
+    hangs: int = 0
 
 
 @dataclass
@@ -230,8 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
         script = server.scripts.get(note, Script())
         status = 200
         try:
-            if script.hang:
-                server.stopping.wait(60)
+            if script.hang or request.attempt <= script.hangs:
+                self._hang()
                 status = 599
                 self.close_connection = True
                 return
@@ -269,6 +272,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._complete(model, answer, usage)
         finally:
             server._leave(request, status)
+
+    def _hang(self) -> None:
+        """Answer nothing until the client gives up (closes) or the server stops."""
+        deadline = time.monotonic() + 60
+        while not self.owner.stopping.is_set() and time.monotonic() < deadline:
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            with contextlib.suppress(OSError):
+                if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                    return  # end of file: the client closed the connection
 
     def _send(
         self, status: int, content_type: str, payload: bytes, headers: Mapping[str, str]

@@ -228,6 +228,34 @@ def test_the_rate_limit_holds_for_retries_too(
     assert min(gaps) > 0.2 - 0.05  # 5/s with a burst of 1: one start per 0.2 s, retries too
 
 
+def test_a_call_that_hangs_times_out_and_is_tried_again(
+    server: LlmServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.scripts["NOTE-0"] = Script(hangs=1)
+    canvas = notes_canvas(tmp_path, 3)
+
+    code, report, err = run(
+        capsys,
+        canvas,
+        "--model",
+        "local-chat",
+        "--timeout",
+        0.5,
+        "--retries",
+        1,
+        "--retry-base",
+        0.01,
+    )
+
+    assert code == 0, err
+    assert server.per_note() == {"NOTE-0": 2, "NOTE-1": 1, "NOTE-2": 1}
+    row = by_note(report)["NOTE-0"]
+    assert (row["status"], row["attempts"]) == ("success", 2)
+    assert row["answer"] == answer_text("NOTE-0")
+    # The timed-out request's connection was dropped, the others closed with the run.
+    assert server.wait_closed(5)
+
+
 # -- pre-flight -----------------------------------------------------------------------
 
 

@@ -231,8 +231,9 @@ class OpenAIClients:
             model is not one of ``llm``'s OpenAI models, or the adapter does not
             fit this ``llm`` (then logged once as a warning).
         """
-        if getattr(type(model), "get_client", None) is None:
-            return None
+        build = getattr(type(model), "get_client", None)
+        if build is None or getattr(build, "__module__", None) != _OPENAI_MODULE:
+            return None  # another provider's model: called as its plugin builds it
         if not cls.fits(model):
             _warn_unadapted(model)
             return None
