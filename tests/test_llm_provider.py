@@ -123,6 +123,32 @@ def test_every_note_is_answered_exactly_once_through_the_real_plugin(
     assert server.wait_closed(5)
 
 
+def test_each_model_is_looked_up_once_per_command(
+    server: LlmServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import llm
+
+    looked_up: list[str] = []
+    real = llm.get_async_model
+
+    def counting(name: str) -> Any:  # a spy: llm still does the look-up
+        looked_up.append(name)
+        return real(name)
+
+    monkeypatch.setattr(llm, "get_async_model", counting)
+    canvas = notes_canvas(tmp_path, 6)
+
+    code, _, err = run(capsys, canvas, "--model", "local-chat", "-m", 3)
+
+    assert code == 0, err
+    # check_settings looks it up; the run takes that instance (not one per task).
+    assert looked_up == ["local-chat"]
+    assert server.per_note() == {f"NOTE-{i}": 1 for i in range(6)}
+
+
 def test_answers_reused_from_the_journal_spend_no_tokens(
     server: LlmServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

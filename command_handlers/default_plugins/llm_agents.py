@@ -36,6 +36,7 @@ imported only when a model is looked up.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import logging
@@ -302,11 +303,15 @@ class LlmCalls:
     Created by the run's first ``register_executors`` (:func:`run_calls`) and
     closed when the run ends (:func:`close_run_calls`). All calls come from one
     event loop.
+
+    Args:
+        loop: The event loop the run's calls come from (``None`` outside one).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop
         self._models: dict[str, Any] = {}  # set up: key read, client adapted
-        self._found: dict[str, Any] = {}  # looked up by knows(), not set up yet
+        self._found: dict[str, Any] = {}  # looked up, not set up yet
         self._clients: list[OpenAIClients] = []
         self.closed = False
 
@@ -356,6 +361,16 @@ class LlmCalls:
         except ValueError:
             return False
         return True
+
+    def adopt(self, found: dict[str, Any]) -> None:
+        """Take models already looked up (by ``check_settings``), to be set up at first use.
+
+        Args:
+            found: Model id -> a fresh ``llm`` model instance no one else uses.
+        """
+        for model_id, model in found.items():
+            if model_id not in self._models:
+                self._found.setdefault(model_id, model)
 
     async def complete(self, model_id: str, prompt: str, system: str | None) -> dict[str, Any]:
         """Ask a model once.
@@ -412,15 +427,25 @@ _RUN_CALLS: contextvars.ContextVar[LlmCalls | None] = contextvars.ContextVar(
 )
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def run_calls() -> LlmCalls:
     """The ``llm`` calls of the run being set up or run in this context.
 
     Returns:
-        The run's :class:`LlmCalls`; a new one after the last run's was closed.
+        The run's :class:`LlmCalls`; a new one after the last run's was
+        closed, or when the last one belongs to another event loop (or to
+        none: HTTP clients serve one loop).
     """
     calls = _RUN_CALLS.get()
-    if calls is None or calls.closed:
-        calls = LlmCalls()
+    loop = _running_loop()
+    if calls is None or calls.closed or calls.loop is not loop:
+        calls = LlmCalls(loop)
         _RUN_CALLS.set(calls)
     return calls
 
@@ -566,10 +591,15 @@ def check_settings(settings: Settings) -> str | None:
     """
     if settings.agent_command is not None:
         return None
-    for model in _models_used(settings).values():
+    found = _models_used(settings)
+    for model in found.values():
         problem = missing_key(model)
         if problem is not None:
             raise ValueError(problem)
+    if _running_loop() is not None:
+        # The command's first run is set up next in this context: it uses these
+        # instances rather than looking each model up again.
+        run_calls().adopt(found)
     return ECHO_NOTICE if uses_echo(settings) else None
 
 
