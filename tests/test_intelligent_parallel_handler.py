@@ -136,6 +136,7 @@ def test_execute_runs_synchronously(canvas: Path) -> None:
     assert len(handler.session_id) == 12
     assert result["session_id"] == handler.session_id
     assert set(result["stats"]) >= STATS_KEYS  # the origin's keys, and more
+    tokens = {key: result["stats"].pop(key) for key in ("input_tokens", "output_tokens")}
     assert result["stats"] == {
         "total_nodes": 2,
         "processed_nodes": 2,
@@ -146,6 +147,9 @@ def test_execute_runs_synchronously(canvas: Path) -> None:
         "cancelled": 0,
         "skipped_answered": 0,
     }
+    # The echo model counts words: the totals are the sums of the tasks' usage.
+    for key, total in tokens.items():
+        assert total == sum(task["usage"][key] for task in result["results"]) > 0
     assert len(result["results"]) == 2
     for task in result["results"]:
         assert set(task) >= RESULT_KEYS
@@ -688,6 +692,8 @@ def test_a_canvas_already_answered_is_left_alone(canvas: Path) -> None:
         "reused_answers": 0,
         "cancelled": 0,
         "skipped_answered": 2,
+        "input_tokens": 0,
+        "output_tokens": 0,
     }
     assert result["plan"]["calls"] == 0
     assert result["plan"]["answered"] == 2

@@ -203,6 +203,63 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     assert f"version {SCHEMA_VERSION + 1}" in str(caught.value)
 
 
+#: The schema of version 1, as the first release wrote it (no ``usage`` column).
+SCHEMA_1 = """
+CREATE TABLE runs (run_id TEXT PRIMARY KEY, canvas TEXT, task_count INTEGER NOT NULL,
+    started_at REAL NOT NULL);
+CREATE TABLE outcomes (id INTEGER PRIMARY KEY, run_id TEXT, task_id TEXT, note_id TEXT,
+    agent TEXT, input_hash TEXT, status TEXT NOT NULL, result TEXT, error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1, started_at REAL, finished_at REAL NOT NULL,
+    answer_node_id TEXT, file_node_id TEXT, written_at REAL);
+INSERT INTO outcomes (run_id, task_id, note_id, agent, input_hash, status, result, attempts,
+    started_at, finished_at) VALUES ('r0', 't0', 'n0', 'oral', 'h0', 'success',
+    '{"text": "old", "agent": "oral", "model": "echo"}', 1, 1.0, 2.0);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_file_gains_the_usage_column(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_1)
+    conn.close()
+
+    with Journal(path) as journal:
+        (old,) = journal.outcomes()
+        assert (old.task_id, old.usage, old.result["text"]) == ("t0", None, "old")
+        assert journal.cached_result(task("t9", input_hash="h0")) == old.result
+        spent = {"input_tokens": 12, "output_tokens": 34}
+        item = task("t1", "n1", input_hash="h1")
+        journal.on_task_start(item)
+        journal.on_task_end(item, ended("success", {**answer("new"), "usage": spent}))
+        assert journal.outcomes()[-1].usage == spent
+        assert journal.usage_totals() == spent
+
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(outcomes)")]
+    finally:
+        conn.close()
+    assert columns[-1] == "usage"
+    with Journal(path) as again:  # opening a migrated file changes nothing
+        assert len(again.outcomes()) == 2
+
+
+def test_usage_is_kept_only_for_calls_made(tmp_path: Path) -> None:
+    spent = {"input_tokens": 5, "output_tokens": 7}
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.on_run_start(run_info("r1"))
+        made, reused, failed_task = task("t1"), task("t2"), task("t3")
+        journal.on_task_end(made, ended("success", {**answer("a"), "usage": spent}))
+        journal.on_task_end(reused, ended("success", {**answer("b"), "usage": spent}, cached=True))
+        journal.on_task_end(failed_task, ended("failed", error="boom"))
+        journal.on_task_end(task("t4"), ended("success", {**answer("c"), "usage": "lots"}))
+        assert [o.usage for o in journal.outcomes()] == [spent, None, None, None]
+        assert journal.usage_totals("r1") == spent
+        assert journal.usage_totals("other") == {"input_tokens": 0, "output_tokens": 0}
+
+
 def test_a_corrupt_file_raises_journal_error_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "notes.canvas"
     path.write_text('{"nodes": [], "edges": []}\n' * 200, encoding="utf-8")

@@ -122,7 +122,8 @@ async def test_echo_answer_holds_the_prompt_and_the_system_prompt() -> None:
     executor, _ = collect(Settings())["oral-explanation"]
     prompt = "Explain recursion.\n\n$(touch pwned) `id`; rm -rf x"
     result = await executor(task(prompt, agent="oral-explanation"))
-    assert set(result) == {"text", "agent", "model"}
+    assert set(result) == {"text", "agent", "model", "usage"}
+    assert set(result["usage"]) == {"input_tokens", "output_tokens"}
     assert result["agent"] == "oral-explanation"
     assert result["model"] == ECHO_MODEL
     request = echoed(result)
@@ -189,7 +190,12 @@ async def test_an_agent_model_of_its_own_answers(tmp_path: Path) -> None:
     folder = agents_dir(tmp_path, coach="echo")
     executor, _ = collect(Settings(model="gpt-4o-mini", agents_dirs=(folder,)))["coach"]
     result = await executor(task(agent="coach"))
-    assert result == {"text": result["text"], "agent": "coach", "model": "echo"}
+    assert result == {
+        "text": result["text"],
+        "agent": "coach",
+        "model": "echo",
+        "usage": result["usage"],
+    }
 
 
 async def test_an_unknown_run_model_fails_the_call_clearly() -> None:
@@ -270,8 +276,31 @@ def test_check_settings_says_when_the_echo_model_answers() -> None:
     assert "--model" in ECHO_NOTICE
 
 
-def test_check_settings_accepts_a_model_llm_knows() -> None:
+def test_check_settings_accepts_a_model_llm_knows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     assert check_settings(Settings(model="gpt-4o-mini")) is None
+
+
+def test_check_settings_refuses_a_model_whose_key_is_not_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ValueError, match=r"needs the key 'openai'") as refused:
+        check_settings(Settings(model="gpt-4o-mini"))
+    assert "`llm keys set openai`" in str(refused.value)
+    assert "OPENAI_API_KEY" in str(refused.value)
+
+
+def test_check_settings_checks_the_key_of_an_agents_own_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    folder = agents_dir(tmp_path, tutor="gpt-4o-mini")
+    with pytest.raises(ValueError, match=r"model 'gpt-4o-mini' needs the key 'openai'"):
+        check_settings(Settings(agents_dirs=(folder,)))
+    (tmp_path / "other").mkdir()
+    unknown = agents_dir(tmp_path / "other", tutor="opus")  # falls back to the echo model
+    assert check_settings(Settings(agents_dirs=(unknown,))) == ECHO_NOTICE
 
 
 def test_check_settings_refuses_an_unknown_model() -> None:

@@ -216,6 +216,8 @@ def test_tasks_the_run_did_not_list_are_still_counted(clock: Clock) -> None:
             "cancelled": 0,
             "mean_duration": 1.0,
             "total_duration": 1.0,
+            "input_tokens": 0,
+            "output_tokens": 0,
         },
         "oral": {
             "tasks": 1,
@@ -225,6 +227,8 @@ def test_tasks_the_run_did_not_list_are_still_counted(clock: Clock) -> None:
             "cancelled": 0,
             "mean_duration": 0.0,
             "total_duration": 0.0,
+            "input_tokens": 0,
+            "output_tokens": 0,
         },
         "stray": {
             "tasks": 2,
@@ -234,6 +238,8 @@ def test_tasks_the_run_did_not_list_are_still_counted(clock: Clock) -> None:
             "cancelled": 0,
             "mean_duration": 0.0,
             "total_duration": 0.0,
+            "input_tokens": 0,
+            "output_tokens": 0,
         },
     }
     assert re.search(r"│ stray\s+│\s+2 │\s+1 │\s+1 │\s+0 │\s+- │", text)
@@ -269,12 +275,45 @@ def test_stats_and_durations(clock: Clock) -> None:
             "cancelled": 0,
             "mean_duration": 1.3,
             "total_duration": 2.6,
+            "input_tokens": 0,
+            "output_tokens": 0,
         }
     )
     assert stats["clarify"]["skipped"] == 1
     assert display.elapsed == pytest.approx(2.1)
     clock.tick(100)
     assert display.elapsed == pytest.approx(2.1)  # frozen at the end of the run
+
+
+def test_the_table_shows_the_tokens_the_agents_spent(clock: Clock) -> None:
+    display = ProgressDisplay(console(), mode="plain")
+    a, b, c = task("a"), task("b"), task("c", "command")
+    run = run_info(a, b, c)
+    display.on_run_start(run)
+    spent = {"text": "fine", "usage": {"input_tokens": 1200, "output_tokens": 30}}
+    for item in (a, b):
+        display.on_task_start(item)
+        display.on_task_end(item, ended(result=spent))
+    display.on_task_start(c)
+    ok(display, c)  # a command agent cannot say what it spent
+    display.on_run_end(run, summary())
+    stats = display.stats
+    assert (stats["oral"]["input_tokens"], stats["oral"]["output_tokens"]) == (2400, 60)
+    assert (stats["command"]["input_tokens"], stats["command"]["output_tokens"]) == (0, 0)
+    text = output(display._console)  # pylint: disable=protected-access
+    assert "Tokens in" in text
+    assert "Tokens out" in text
+    oral = next(line for line in text.splitlines() if "│ oral" in line)
+    assert "2,400" in oral
+    assert "60" in oral
+    command = next(line for line in text.splitlines() if "│ command" in line)
+    assert command.rstrip(" │").endswith("-")
+
+
+def test_no_token_columns_when_no_agent_says(clock: Clock) -> None:
+    display = ProgressDisplay(console(), mode="plain")
+    drive_mixed_run(display, clock)
+    assert "Tokens" not in output(display._console)  # pylint: disable=protected-access
 
 
 def test_elapsed_runs_while_the_run_does(clock: Clock) -> None:
@@ -298,6 +337,8 @@ def test_a_new_run_starts_from_zero(clock: Clock) -> None:
             "cancelled": 0,
             "mean_duration": 0.0,
             "total_duration": 0.0,
+            "input_tokens": 0,
+            "output_tokens": 0,
         }
     }
     assert display.durations == {}

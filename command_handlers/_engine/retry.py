@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -72,9 +73,10 @@ _RETRYABLE_NAMES = frozenset(
 def retry_after(error: BaseException) -> Optional[float]:  # noqa: UP045
     """Read how long a server asked to wait before the next call, if it said.
 
-    Looks at ``error.retry_after`` (seconds), then at a ``Retry-After`` header
-    of ``error.response`` (seconds or an HTTP date), as the errors of LLM
-    providers' client libraries carry them.
+    Looks at ``error.retry_after`` (seconds), then at the headers of
+    ``error.response``: ``retry-after-ms`` (milliseconds, which OpenAI-compatible
+    servers send), then ``Retry-After`` (seconds or an HTTP date), as the errors
+    of LLM providers' client libraries carry them.
 
     Args:
         error: The error.
@@ -86,6 +88,10 @@ def retry_after(error: BaseException) -> Optional[float]:  # noqa: UP045
     if value is None:
         headers = getattr(getattr(error, "response", None), "headers", None)
         if headers is not None and hasattr(headers, "get"):
+            # The finer header first, as the openai client reads them.
+            millis = _seconds(headers.get("retry-after-ms") or headers.get("Retry-After-Ms"))
+            if millis is not None:
+                return millis / 1000.0
             value = headers.get("retry-after") or headers.get("Retry-After")
     if value is None:
         return None
@@ -98,6 +104,17 @@ def retry_after(error: BaseException) -> Optional[float]:  # noqa: UP045
     except (TypeError, ValueError):
         return None
     return max(0.0, moment.timestamp() - time.time())
+
+
+def _seconds(value: Any) -> Optional[float]:  # noqa: UP045
+    """A header's number (at least 0), or ``None`` when it holds none."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else max(0.0, number)  # NaN says nothing
 
 
 def is_retryable(error: BaseException) -> bool:

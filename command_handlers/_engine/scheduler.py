@@ -326,23 +326,23 @@ class Retries:
         """Decide whether task ``i``'s failed attempt is tried again, and after how long.
 
         Counts the attempt to come in the ledger; a server's ``Retry-After``
-        pauses the task's whole agent.
+        pauses the task's whole agent, even when this task is not tried again.
 
         Returns:
             The delay before the next attempt, or ``None`` if the failure is final.
         """
+        hint = retry_after(exc)
+        delay = None if hint is None else min(hint, self.retry.max_retry_after)
+        if delay is not None:
+            # The server asked the whole agent to slow down, not just this task:
+            # the agent's other tasks must not start inside the window either.
+            self.queue.pause(i, self.loop.time() + delay)
         attempts = self.ledger.attempts
         attempt = attempts.get(i, 1)
         if attempt > self.retry.retries or not self._retryable(exc):
             return None
         attempts[i] = attempt + 1
-        hint = retry_after(exc)
-        if hint is None:
-            return self.retry.backoff(attempt, self.rng)
-        delay = min(hint, self.retry.max_retry_after)
-        # The server asked the whole agent to slow down, not just this task.
-        self.queue.pause(i, self.loop.time() + delay)
-        return delay
+        return self.retry.backoff(attempt, self.rng) if delay is None else delay
 
     def _retryable(self, exc: BaseException) -> bool:
         decide = self.retry_if

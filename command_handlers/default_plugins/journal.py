@@ -29,7 +29,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +55,8 @@ __all__ = [
 ]
 
 #: The version of the file's schema this module writes (SQLite's ``user_version``).
-SCHEMA_VERSION = 1
+#: Version 2 added the ``usage`` column; a version 1 file is migrated when opened.
+SCHEMA_VERSION = 2
 #: The statuses an outcome can have.
 STATUSES = ("success", "failed", "skipped", "cancelled")
 
@@ -86,7 +87,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
     finished_at REAL NOT NULL,
     answer_node_id TEXT,
     file_node_id TEXT,
-    written_at REAL
+    written_at REAL,
+    usage TEXT
 );
 CREATE INDEX IF NOT EXISTS outcomes_by_input_hash ON outcomes (input_hash);
 CREATE INDEX IF NOT EXISTS outcomes_by_note_agent ON outcomes (note_id, agent);
@@ -96,12 +98,12 @@ COMMIT;
 
 _COLUMNS = (
     "id, run_id, task_id, note_id, agent, input_hash, status, result, error, attempts,"
-    " started_at, finished_at, answer_node_id, file_node_id, written_at"
+    " started_at, finished_at, answer_node_id, file_node_id, written_at, usage"
 )
 _ANSWER_COLUMNS = "answer_node_id, file_node_id, input_hash, written_at, note_id, agent, result"
 _INSERT = (
     "INSERT INTO outcomes (run_id, task_id, note_id, agent, input_hash, status, result, error,"
-    " attempts, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " attempts, started_at, finished_at, usage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _NEWEST_SUCCESS = (
     "SELECT result FROM outcomes WHERE input_hash = ? AND status = 'success'"
@@ -134,6 +136,9 @@ class Outcome:
         answer_node_id: The canvas node holding the answer, once written.
         file_node_id: The canvas file node of the answer, once written (if any).
         written_at: When the answer was written into the canvas, else ``None``.
+        usage: The tokens its call spent, ``{"input_tokens": N, "output_tokens":
+            N}``; ``None`` when the agent did not say, the task failed, or no
+            call was made (an answer from the journal).
     """
 
     id: int
@@ -151,6 +156,7 @@ class Outcome:
     answer_node_id: str | None
     file_node_id: str | None
     written_at: float | None
+    usage: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -207,7 +213,38 @@ def _outcome(row: Any) -> Outcome:
     values = list(row)
     if values[7] is not None:
         values[7] = json.loads(values[7])
+    if values[15] is not None:
+        values[15] = json.loads(values[15])
     return Outcome(*values)
+
+
+def _usage(outcome: OutcomeView) -> str | None:
+    """The tokens a successful call spent, as the ``usage`` column holds them (JSON)."""
+    result = outcome.result
+    if outcome.status != "success" or outcome.cached or not isinstance(result, Mapping):
+        return None
+    usage = result.get("usage")
+    if not isinstance(usage, Mapping):
+        return None
+    try:
+        tokens = {name: int(usage[name]) for name in ("input_tokens", "output_tokens")}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return json.dumps(tokens)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file of an older schema up to :data:`SCHEMA_VERSION`, in one transaction.
+
+    Version 1 lacks the ``usage`` column: it is added, empty (the answers
+    recorded before did not keep their usage).
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(outcomes)")}
+    if not columns or "usage" in columns:
+        return
+    with conn:
+        conn.execute("ALTER TABLE outcomes ADD COLUMN usage TEXT")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -230,6 +267,8 @@ def _open(path: Path) -> sqlite3.Connection:
                 f" command-handlers; this one reads up to version {SCHEMA_VERSION}:"
                 " upgrade, or use another journal file"
             )
+        if version < SCHEMA_VERSION:
+            _migrate(conn)
         conn.executescript(_SCHEMA)
     except BaseException:
         conn.close()
@@ -339,7 +378,8 @@ class Journal:
         """Commit the task's outcome: one row, in its own transaction.
 
         The row's status is ``outcome.status``; the result is kept (as JSON;
-        what JSON cannot hold as its text) on success only.
+        what JSON cannot hold as its text) on success only, and so is the
+        result's ``usage`` (the tokens the call spent), unless no call was made.
 
         Args:
             task: The task.
@@ -361,6 +401,7 @@ class Journal:
             outcome.attempts,
             outcome.started,
             outcome.finished,
+            _usage(outcome),
         )
         with self._conn as conn:
             conn.execute(_INSERT, row)
@@ -420,6 +461,7 @@ class Journal:
                     self._attempts.pop(task_id, 1),
                     started_at,
                     now,
+                    None,
                 )
             )
         self._running.clear()
@@ -601,6 +643,27 @@ class Journal:
             ).fetchall()
         )
         return counts
+
+    def usage_totals(self, run_id: str | None = None) -> dict[str, int]:
+        """Sum the tokens the recorded calls spent.
+
+        Args:
+            run_id: Only this run's; every run's when ``None``.
+
+        Returns:
+            ``{"input_tokens": N, "output_tokens": N}`` over the outcomes that
+            recorded a usage.
+        """
+        totals = {"input_tokens": 0, "output_tokens": 0}
+        rows = self._conn.execute(
+            "SELECT usage FROM outcomes WHERE usage IS NOT NULL AND (?1 IS NULL OR run_id = ?1)",
+            (run_id,),
+        )
+        for (stored,) in rows:
+            usage = json.loads(stored)
+            for name in totals:
+                totals[name] += int(usage.get(name) or 0)
+        return totals
 
     def close(self) -> None:
         """Close the file; safe to call any number of times.

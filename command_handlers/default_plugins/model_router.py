@@ -101,14 +101,18 @@ class ModelRouter:
             settings: The run's settings (its ``model``; echo when unset).
         """
         model_id = settings.run_model
+        # The same calling path as the agents' (one model look-up and one HTTP
+        # client per run, our retries only); imported here, not at the top, so
+        # that enabling this plugin does not import another built-in.
+        from command_handlers.default_plugins.llm_agents import (  # pylint: disable=import-outside-toplevel
+            run_calls,
+        )
+
+        calls = run_calls()
 
         async def ask(task: AsyncTask) -> dict[str, Any]:
-            import llm  # pylint: disable=import-outside-toplevel  # only a routing run needs it
-
-            response = llm.get_async_model(model_id).prompt(
-                task_prompt(task), system=ROUTER_SYSTEM_PROMPT
-            )
-            return {"text": await response.text(), "agent": self.AGENT, "model": model_id}
+            answer = await calls.complete(model_id, task_prompt(task), ROUTER_SYSTEM_PROMPT)
+            return {**answer, "agent": self.AGENT, "model": model_id}
 
         register(
             self.AGENT,
@@ -163,6 +167,19 @@ class ModelRouter:
             progress_callback=keep,
         )
         return answers
+
+    @hookimpl
+    def on_run_end(self) -> Awaitable[None] | None:
+        """Close the HTTP clients of the routing run (also when ``llm-agents`` is disabled).
+
+        Returns:
+            An awaitable that closes them, when the run opened any.
+        """
+        from command_handlers.default_plugins.llm_agents import (  # pylint: disable=import-outside-toplevel
+            finish_run,
+        )
+
+        return finish_run()
 
     @hookimpl(tryfirst=True)
     def choose_agent(self, context: Mapping[str, Any], agents: Sequence[str]) -> str | None:

@@ -59,10 +59,24 @@ _UNKNOWN_AGENT = "?"
 class _AgentStats:
     """The running counts of one agent."""
 
-    __slots__ = ("cancelled", "failed", "ok", "ran", "seconds", "skipped", "tasks")
+    __slots__ = (
+        "cancelled",
+        "failed",
+        "input_tokens",
+        "ok",
+        "output_tokens",
+        "ran",
+        "seconds",
+        "skipped",
+        "tasks",
+        "told_usage",
+    )
 
     def __init__(self) -> None:
         self.tasks = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.told_usage = 0  # the tasks whose result said what tokens they spent
         self.ok = 0
         self.failed = 0
         self.skipped = 0
@@ -80,7 +94,23 @@ class _AgentStats:
             "cancelled": self.cancelled,
             "mean_duration": self.seconds / self.ran if self.ran else 0.0,
             "total_duration": self.seconds,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
         }
+
+    def count_usage(self, outcome: OutcomeView) -> None:
+        """Add the tokens a successful call spent, when its result says (``usage``)."""
+        result = outcome.result
+        usage = result.get("usage") if isinstance(result, dict) else None
+        if outcome.cached or not isinstance(usage, dict):
+            return
+        try:
+            tokens_in, tokens_out = int(usage["input_tokens"]), int(usage["output_tokens"])
+        except (KeyError, TypeError, ValueError):
+            return
+        self.input_tokens += tokens_in
+        self.output_tokens += tokens_out
+        self.told_usage += 1
 
 
 class _Counts:
@@ -159,7 +189,8 @@ class ProgressDisplay:
     * ``"auto"``: ``"bar"`` when the console is a terminal, else ``"plain"``.
 
     In the bar and plain modes the end of the run prints a table of the agents
-    (tasks, ok, failed, skipped, mean duration) and the total time.
+    (tasks, ok, failed, skipped, mean duration, and the tokens spent when the
+    agents say) and the total time.
 
     Args:
         console: Where to write; a new ``Console(stderr=True)`` when ``None``, so
@@ -221,7 +252,9 @@ class ProgressDisplay:
 
         Keys: ``tasks``, ``ok``, ``failed``, ``skipped``, and ``mean_duration`` and
         ``total_duration`` in seconds over the tasks that ran (skipped tasks never
-        run; ``mean_duration`` is 0.0 when none ran). Empty in the quiet mode.
+        run; ``mean_duration`` is 0.0 when none ran), and ``input_tokens`` and
+        ``output_tokens`` over the calls whose result said (``usage``). Empty in
+        the quiet mode.
         """
         return {name: self._agents[name].as_dict() for name in sorted(self._agents)}
 
@@ -319,6 +352,7 @@ class ProgressDisplay:
         if status == _OK:
             stats.ok += 1
             counts.ok += 1
+            stats.count_usage(outcome)
         elif status == _SKIPPED:
             stats.skipped += 1
             counts.skipped += 1
@@ -455,7 +489,11 @@ class ProgressDisplay:
         table.add_column("Agent")
         cancelled = self._counts.cancelled > 0
         headings = ["Tasks", "OK", "Failed", "Skipped"] + (["Cancelled"] if cancelled else [])
-        for heading in [*headings, "Mean (s)"]:
+        # Token columns only when some agent said what it spent (llm agents do,
+        # command agents cannot).
+        tokens = any(stats.told_usage for stats in self._agents.values())
+        headings += ["Mean (s)"] + (["Tokens in", "Tokens out"] if tokens else [])
+        for heading in headings:
             table.add_column(heading, justify="right")
         for name in sorted(self._agents):
             stats = self._agents[name]
@@ -469,6 +507,10 @@ class ProgressDisplay:
             if cancelled:
                 cells.append(str(stats.cancelled))
             cells.append(f"{stats.seconds / stats.ran:.1f}" if stats.ran else "-")
+            if tokens:
+                told = stats.told_usage > 0
+                cells.append(f"{stats.input_tokens:,}" if told else "-")
+                cells.append(f"{stats.output_tokens:,}" if told else "-")
             table.add_row(*cells)
         return table
 

@@ -478,6 +478,8 @@ class IntelligentParallelCommandHandler:
             reused_answers=sum(1 for r in rows if r["cached"]),
             cancelled=sum(1 for r in rows if r["status"] == "cancelled"),
             skipped_answered=sum(1 for note in notes.values() if note.skipped),
+            input_tokens=sum(r["usage"]["input_tokens"] for r in rows if r["usage"]),
+            output_tokens=sum(r["usage"]["output_tokens"] for r in rows if r["usage"]),
         )
         result.success = all(r["status"] == "success" for r in rows) and self.side_file is None
         result.results = rows

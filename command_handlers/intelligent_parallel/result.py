@@ -9,7 +9,15 @@ from typing import Any
 from command_handlers.hookspecs import OutcomeView, TaskView
 from command_handlers.intelligent_parallel.notes import Note
 
-__all__ = ["KINDS", "NOTHING_SELECTED", "CommandResult", "make_stats", "report", "task_row"]
+__all__ = [
+    "KINDS",
+    "NOTHING_SELECTED",
+    "CommandResult",
+    "make_stats",
+    "report",
+    "task_row",
+    "task_usage",
+]
 
 #: What a run came to: nothing selected, only a plan, the user said no, every
 #: note already answered, or the agents ran.
@@ -26,6 +34,8 @@ _STATS = (
     "reused_answers",
     "cancelled",
     "skipped_answered",
+    "input_tokens",
+    "output_tokens",
 )
 
 
@@ -68,10 +78,34 @@ def task_row(
         "error_type": outcome.error_type if outcome is not None else None,
         "answer": answer.get("text") if answer else None,
         "model": answer.get("model") if answer else None,
+        "usage": task_usage(outcome),
         "document": None,
         "blue_node_id": None,
         "replaced_node_id": None,
     }
+
+
+def task_usage(outcome: OutcomeView | None) -> dict[str, int] | None:
+    """The tokens a task's call spent in this run, as its result says.
+
+    Args:
+        outcome: The task's outcome.
+
+    Returns:
+        ``{"input_tokens": N, "output_tokens": N}``, or ``None`` when the
+        agent cannot say (a command agent), the task did not succeed, or no
+        call was made (an answer reused from the journal).
+    """
+    if outcome is None or outcome.status != "success" or outcome.cached:
+        return None
+    result = outcome.result
+    usage = result.get("usage") if isinstance(result, Mapping) else None
+    if not isinstance(usage, Mapping):
+        return None
+    try:
+        return {name: int(usage[name]) for name in ("input_tokens", "output_tokens")}
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _answer(result: Any) -> dict[str, Any]:

@@ -629,6 +629,8 @@ def test_json_report_and_report_file(
         "reused_answers": 0,
         "cancelled": 0,
         "skipped_answered": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
     }
     assert report["written_to"] == str(canvas_file)
     assert {task["node_id"] for task in report["tasks"]} == set(NOTE_IDS)
@@ -638,6 +640,7 @@ def test_json_report_and_report_file(
         assert task["duration_seconds"] >= 0
         assert task["attempts"] == 1
         assert task["error"] is None
+        assert task["usage"] is None  # a command agent cannot say
         document = canvas_file.parent / task["document"]
         assert document.is_file()
         assert task["answer"].strip() in document.read_text(encoding="utf-8")
