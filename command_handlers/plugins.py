@@ -32,6 +32,7 @@ from command_handlers._plugins.loading import (
     list_plugins,
 )
 from command_handlers._plugins.registry import (
+    OFFLOAD,
     DuplicateAgentError,
     ExecutorRegistry,
     UnknownAgentError,
@@ -63,6 +64,7 @@ __all__ = [
     "LOAD_PLUGINS_ENV",
     "MAX_CONCURRENCY",
     "MIN_CONCURRENCY",
+    "OFFLOAD",
     "PLUGINS_ENV",
     "STATUSES",
     "AsyncTask",

@@ -8,7 +8,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["DEFAULT_COLOR_MAP", "DEFAULT_TIMEOUT", "DISPLAY_MODES", "ECHO_MODEL", "Settings"]
+__all__ = [
+    "DEFAULT_COLOR_MAP",
+    "DEFAULT_SCHEDULER_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "DISPLAY_MODES",
+    "ECHO_MODEL",
+    "Settings",
+]
 
 #: Which agent answers a note of each canvas colour when nothing else decides.
 DEFAULT_COLOR_MAP: Mapping[str, str] = MappingProxyType(
@@ -16,6 +23,8 @@ DEFAULT_COLOR_MAP: Mapping[str, str] = MappingProxyType(
 )
 #: Seconds one agent call may take unless told otherwise.
 DEFAULT_TIMEOUT = 600.0
+#: Seconds to wait for a Dask scheduler (``--scheduler-timeout``).
+DEFAULT_SCHEDULER_TIMEOUT = 10.0
 #: The offline model of ``llm-echo``, used when the run names no model.
 ECHO_MODEL = "echo"
 #: How the ``progress`` plugin shows a run: a bar on a terminal (else lines), a
@@ -47,6 +56,11 @@ class Settings:
         display: How the ``progress`` plugin shows the run: one of
             :data:`DISPLAY_MODES`.
         verbose: Show more detail.
+        scheduler: Where the ``dask`` plugin runs the agents' calls: a Dask
+            scheduler's address (``tcp://host:port``), ``"local"`` for a
+            cluster of this machine's cores started for the command, or
+            ``None`` to run them in this process (the engine).
+        scheduler_timeout: Seconds to wait for the scheduler before giving up.
         options: Anything else, for third-party plugins.
     """
 
@@ -62,6 +76,8 @@ class Settings:
     journal_path: Path | None = None
     display: str = "quiet"
     verbose: bool = False
+    scheduler: str | None = None
+    scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from command_handlers.async_execution_engine import AsyncTask, RateLimit
 from command_handlers.settings import Settings
 
 __all__ = [
+    "OFFLOAD",
     "DuplicateAgentError",
     "ExecutorRegistry",
     "UnknownAgentError",
@@ -21,6 +23,13 @@ __all__ = [
 ]
 
 Executor = Callable[[AsyncTask], Awaitable[Any]]
+#: ``(executor, task) -> awaitable`` that calls an agent's executor elsewhere (on
+#: a cluster), set by a backend around the calls it makes; ``None``: call it here.
+#: A context variable, so a backend offloads only its own tasks' calls, while the
+#: work around the call (``prepare_task``, a cached answer) stays in this process.
+OFFLOAD: contextvars.ContextVar[Callable[[Executor, AsyncTask], Awaitable[Any]] | None] = (
+    contextvars.ContextVar("command_handlers_offload", default=None)
+)
 
 
 class DuplicateAgentError(ValueError):
@@ -149,6 +158,20 @@ class ExecutorRegistry:
         """
         return self._lookup(agent_name).fingerprint
 
+    def executor(self, agent_name: str) -> Executor:
+        """Return the executor registered for ``agent_name``.
+
+        Args:
+            agent_name: A registered agent.
+
+        Returns:
+            The executor, as its plugin registered it.
+
+        Raises:
+            UnknownAgentError: Nobody registered the agent.
+        """
+        return self._lookup(agent_name).executor
+
     def limits(self) -> dict[str, int]:
         """Return agent name -> its own limit, for the agents that have one."""
         return {
@@ -177,11 +200,15 @@ class ExecutorRegistry:
             ``route(task)``, as :meth:`route`, with the executors looked up once.
         """
         executors = {name: reg.executor for name, reg in self._agents.items()}
+        offloaded = OFFLOAD.get
 
         def route(task: AsyncTask) -> Awaitable[Any]:
             executor = executors.get(task.agent_name)
             if executor is None:
                 self._lookup(task.agent_name)  # raises UnknownAgentError
+            offload = offloaded()
+            if offload is not None:
+                return offload(executor, task)  # type: ignore[arg-type]
             return executor(task)  # type: ignore[misc]
 
         return route
