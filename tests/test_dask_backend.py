@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -229,6 +230,25 @@ async def test_an_executor_that_cannot_be_pickled_fails_naming_its_agent(address
     assert outcome.attempts == 1
 
 
+async def test_internal_agents_run_in_this_process(address: str) -> None:
+    lock = threading.Lock()
+
+    async def helper(task: AsyncTask) -> dict[str, Any]:
+        with lock:  # cannot be pickled: it would fail on the cluster
+            return {"pid": os.getpid()}
+
+    class Helper:
+        @hookimpl
+        def register_executors(self, register: Any) -> None:
+            register("helper", helper, internal=True)
+
+    pm, _ = plugin_manager(Sleeper(0))
+    pm.register(Helper(), name="helper")
+    async with use_dask(pm, address):
+        summary = await run_tasks([AsyncTask("h", "helper", {})], pm=pm)
+    assert summary["results"] == [{"pid": os.getpid()}]
+
+
 async def test_a_stop_starts_no_new_call_and_lets_running_ones_finish(address: str) -> None:
     pm, ends = plugin_manager(Sleeper(0.5))
     stop = asyncio.Event()
@@ -298,6 +318,20 @@ def test_an_unreachable_scheduler_is_refused_naming_it() -> None:
     assert time.monotonic() - started < 3
     with pytest.raises(ValueError, match="scheduler must be 'local' or an address"):
         check_settings(Settings(scheduler="http://nowhere"))
+
+
+def test_a_port_where_no_scheduler_answers_is_refused_in_bounded_time(address: str) -> None:
+    check_settings(Settings(scheduler=address, scheduler_timeout=5))  # a real one passes
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(
+            ValueError, match=rf"no Dask scheduler answers at tcp://127\.0\.0\.1:{port} within 1 s"
+        ):
+            check_settings(Settings(scheduler=f"tcp://127.0.0.1:{port}", scheduler_timeout=1))
+    assert time.monotonic() - started < 3
 
 
 def test_without_a_scheduler_nothing_of_dask_is_imported() -> None:

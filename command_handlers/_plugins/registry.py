@@ -27,6 +27,7 @@ Executor = Callable[[AsyncTask], Awaitable[Any]]
 #: a cluster), set by a backend around the calls it makes; ``None``: call it here.
 #: A context variable, so a backend offloads only its own tasks' calls, while the
 #: work around the call (``prepare_task``, a cached answer) stays in this process.
+#: Internal agents (a plugin's own helpers) are never offloaded.
 OFFLOAD: contextvars.ContextVar[Callable[[Executor, AsyncTask], Awaitable[Any]] | None] = (
     contextvars.ContextVar("command_handlers_offload", default=None)
 )
@@ -200,6 +201,9 @@ class ExecutorRegistry:
             ``route(task)``, as :meth:`route`, with the executors looked up once.
         """
         executors = {name: reg.executor for name, reg in self._agents.items()}
+        # A plugin's own helper agents (internal) may hold this process's state
+        # (the plugin manager, open files): they are never offloaded.
+        helpers = {name for name, reg in self._agents.items() if reg.internal}
         offloaded = OFFLOAD.get
 
         def route(task: AsyncTask) -> Awaitable[Any]:
@@ -207,7 +211,7 @@ class ExecutorRegistry:
             if executor is None:
                 self._lookup(task.agent_name)  # raises UnknownAgentError
             offload = offloaded()
-            if offload is not None:
+            if offload is not None and task.agent_name not in helpers:
                 return offload(executor, task)  # type: ignore[arg-type]
             return executor(task)  # type: ignore[misc]
 

@@ -29,6 +29,8 @@ import contextlib
 import importlib.util
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Callable
@@ -108,14 +110,46 @@ def check_settings(settings: Settings) -> None:
         return
     host, port = _host_port(address)
     timeout = settings.scheduler_timeout
+    started = time.monotonic()
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        why = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
         raise ValueError(
-            f"cannot reach the Dask scheduler at {address} within {timeout:g} s: {reason}"
+            f"cannot reach the Dask scheduler at {address} within {timeout:g} s: {why}"
         ) from None
+    silence = _ask_scheduler(address, max(timeout - (time.monotonic() - started), 0.1))
+    if silence is not None:
+        raise ValueError(f"no Dask scheduler answers at {address} within {timeout:g} s: {silence}")
+
+
+def _ask_scheduler(address: str, timeout: float) -> str | None:
+    """Ask the scheduler who it is, in a loop of its own; ``None`` when it answered.
+
+    Something else listening on the port (or a scheduler that hangs) would keep
+    a client waiting past its timeout; asking here, bounded, refuses it before
+    anything runs. The hook is synchronous and called before the run starts,
+    so a thread with its own event loop does it.
+    """
+    outcome: list[str | None] = ["no answer"]
+
+    async def ask() -> None:
+        from distributed.core import rpc  # pylint: disable=import-outside-toplevel
+
+        scheduler = rpc(address, timeout=timeout)
+        try:
+            await asyncio.wait_for(scheduler.identity(), timeout)
+            outcome[0] = None
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            outcome[0] = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+        finally:
+            await scheduler.close_rpc()
+
+    thread = threading.Thread(target=asyncio.run, args=(ask(),), daemon=True)
+    thread.start()
+    thread.join(timeout + 5)
+    return outcome[0]
 
 
 @hookimpl
@@ -236,7 +270,11 @@ class DaskBackend:
             )
             address = self._cluster
         try:
-            return await Client(address, asynchronous=True, timeout=self.timeout)
+            # Bounded here too: the client's own timeout covers connecting, not
+            # a peer that accepts and never answers.
+            return await asyncio.wait_for(
+                Client(address, asynchronous=True, timeout=self.timeout), self.timeout + 5
+            )
         except (OSError, asyncio.TimeoutError) as exc:
             await self._close_cluster()
             raise OSError(

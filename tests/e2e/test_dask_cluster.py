@@ -176,6 +176,40 @@ def test_agent_programs_run_in_the_workers_within_the_limit(
     assert {note: len(found) for note, found in cards.items()} == dict.fromkeys(notes, 1)
 
 
+def test_the_model_router_asks_in_this_process_and_the_agents_answer_on_workers(
+    tmp_path: Path,
+    address: str,
+    agent: Agent,
+    make_canvas: Callable[[Path, Any], bytes],
+    run_cli: Callable[..., CliResult],
+) -> None:
+    canvas = tmp_path / "notes.canvas"
+    make_canvas(canvas, notes_canvas(texts(2)))
+    code, _, err = run_cli(
+        canvas, "--route", "model", "--agent-command", agent.command, "-q", "--scheduler", address
+    )
+    assert code == 0, err
+    assert len(agent.calls()) == 2
+    assert {pid for pid, *_ in agent.calls()} <= worker_pids(address)
+
+
+def test_the_config_file_names_the_scheduler(
+    tmp_path: Path,
+    agent: Agent,
+    make_canvas: Callable[[Path, Any], bytes],
+    run_cli: Callable[..., CliResult],
+) -> None:
+    canvas = tmp_path / "notes.canvas"
+    make_canvas(canvas, notes_canvas(texts(1)))
+    (tmp_path / ".intelligent-parallel.yaml").write_text(
+        "scheduler: tcp://127.0.0.1:9\nscheduler-timeout: 1\n", encoding="utf-8"
+    )
+    code, _, err = run_cli(canvas, "--agent-command", agent.command)
+    assert code == 2
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9 within 1 s" in err
+    assert agent.calls() == []
+
+
 def test_the_environment_variable_names_the_scheduler(
     tmp_path: Path,
     address: str,
