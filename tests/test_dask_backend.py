@@ -289,6 +289,25 @@ async def test_a_timed_out_call_stops_on_its_worker(address: str, tmp_path: Path
     assert files(tmp_path) == []
 
 
+async def test_the_limit_is_the_workers_slots_and_a_stop_starts_none_beyond(
+    address: str,
+) -> None:
+    pm, ends = plugin_manager(Sleeper(0.6))
+    stop = asyncio.Event()
+    policy = RunPolicy(stop=stop, stop_grace=5)
+    async with use_dask(pm, address):  # two workers of 8 slots: 16 calls at once
+        run = asyncio.ensure_future(run_tasks(tasks(20), pm=pm, max_concurrency=20, policy=policy))
+        await asyncio.sleep(0.3)
+        stop.set()
+        stopped = time.time()
+        summary = await run
+    assert summary["success"] == 16
+    assert summary["cancelled"] == 4
+    assert all(r["started"] < stopped for r in summary["results"])
+    assert most_at_once(summary["results"]) <= 16
+    assert sum(len(seen) for seen in ends.outcomes.values()) == 20
+
+
 async def test_cancelling_the_run_cancels_every_future(address: str, tmp_path: Path) -> None:
     pm, _ = plugin_manager(Marker(tmp_path))
     async with use_dask(pm, address) as backend:

@@ -2,14 +2,14 @@
 
 Only the calls move. The backend that schedules the run (the ``engine``, or
 whichever other plugin implements ``execute_tasks``) still decides on the
-client when each task may start: a free slot of ``-m``, its dependencies
-succeeded, its rate allows. Only then is the agent's executor submitted to the
-cluster (``Client.submit`` of a coroutine function: it runs on a worker's event
-loop), so nothing waits queued on the cluster for a slot the client no longer
-holds. Retries with backoff, Retry-After pauses, rates, timeouts, fail-fast,
-the graceful stop, the journal and the canvas write therefore stay in this
-process and behave as with the engine; each outcome is reported the moment its
-future finishes.
+client when each task may start: a free slot of ``-m`` (never more than the
+workers' slots), its dependencies succeeded, its rate allows. Only then is the
+agent's executor submitted to the cluster (``Client.submit`` of a coroutine
+function: it runs on a worker's event loop), so nothing waits queued on the
+cluster for a slot the client no longer holds. Retries with backoff,
+Retry-After pauses, rates, timeouts, fail-fast, the graceful stop, the journal
+and the canvas write therefore stay in this process and behave as with the
+engine; each outcome is reported the moment its future finishes.
 
 A worker that dies mid-call has its calls run again on another worker by the
 Dask scheduler; the client receives one result per task, so each note is
@@ -363,11 +363,18 @@ class DaskBackend:
         nxt = self.pm.subset_hook_caller("execute_tasks", remove_plugins=[self])
         client = await self.client()
         calls = _Calls(client, _agents(arguments["tasks"]))
-        await calls.limit_agents(arguments["agent_limits"])
         # Set in this task's context before the backend creates its own tasks,
         # which copy it: only this run's calls go to the cluster.
         token = OFFLOAD.set(calls.call)
         try:
+            await calls.limit_agents(arguments["agent_limits"])
+            # A call beyond the workers' slots would wait queued on the scheduler,
+            # where it could start after the command stopped: the backend starts
+            # no more at once than the cluster runs; the rest wait here, unstarted.
+            slots = await _slots(client)
+            for limit in ("max_concurrency", "dependency_limit"):
+                if 0 < slots < arguments[limit]:
+                    arguments[limit] = slots
             pending = nxt(**arguments)
             if pending is None:
                 raise RuntimeError("no plugin but 'dask' implements execute_tasks")
@@ -375,6 +382,11 @@ class DaskBackend:
         finally:
             OFFLOAD.reset(token)
             await calls.finish()
+
+
+async def _slots(client: Any) -> int:
+    """How many calls the cluster's workers run at once (their threads, summed)."""
+    return sum((await client.nthreads()).values())
 
 
 def _agents(tasks: Iterable[Any]) -> set[str]:
@@ -431,21 +443,24 @@ class _Calls:
         if semaphore is not None:
             await semaphore.acquire()
         try:
-            key = f"{agent}-{task.task_id}-{uuid.uuid4().hex[:8]}"
-            future = self.client.submit(_call_agent, executor, task, key, key=key, pure=False)
-            self.futures.add(future)
-            try:
-                return await future
-            except asyncio.CancelledError:
-                # A timeout, fail-fast, the stop's grace, or the run cancelled:
-                # the call must not go on (or start) on the cluster.
-                self._cancel([future])
-                raise
-            finally:
-                self.futures.discard(future)
+            return await self._submit(executor, task, agent)
         finally:
             if semaphore is not None:
                 self._later(semaphore.release())
+
+    async def _submit(self, executor: Executor, task: Any, agent: str) -> Any:
+        key = f"{agent}-{task.task_id}-{uuid.uuid4().hex[:8]}"
+        future = self.client.submit(_call_agent, executor, task, key, key=key, pure=False)
+        self.futures.add(future)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # A timeout, fail-fast, the stop's grace, or the run cancelled:
+            # the call must not go on (or start) on the cluster.
+            self._cancel([future])
+            raise
+        finally:
+            self.futures.discard(future)
 
     def _cancel(self, futures: list[Any]) -> None:
         if futures:
