@@ -395,3 +395,42 @@ def test_ctrl_c_starts_no_new_call_and_the_second_cancels_every_call(
         assert set(answer_cards(canvas)) == {"n1"}
     else:
         assert canvas.read_bytes() == original
+
+
+def test_kill_9_of_a_worker_mid_run_answers_each_note_once(
+    tmp_path: Path,
+    address: str,
+    agent: Agent,
+    make_canvas: Callable[[Path, Any], bytes],
+    console_argv: list[str],
+) -> None:
+    notes = texts(4, slow={1, 2, 3, 4})
+    canvas = tmp_path / "notes.canvas"
+    make_canvas(canvas, notes_canvas(notes))
+    process = start_cli(
+        console_argv,
+        [str(canvas), "--agent-command", agent.command, "-m", "4", "--scheduler", address],
+    )
+    try:
+        with watchdog(process, 40):
+            while len(agent.starts()) < 4:  # every call runs, held until "fast"
+                time.sleep(0.02)
+            with distributed.Client(address, timeout=20) as client:
+                pids = client.run(os.getpid)
+                busy = [pids[worker] for worker in busy_workers(client)]
+            os.kill(busy[0], signal.SIGKILL)
+            time.sleep(0.5)  # the scheduler hears of it and runs its calls again elsewhere
+            (agent.state / "fast").touch()
+            _, err = process.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:  # pragma: no cover - only when the test already failed
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    # The dead worker's agent programs may have answered too: nobody heard them.
+    assert {note: len(found) for note, found in answer_cards(canvas).items()} == dict.fromkeys(
+        notes, 1
+    )
+    assert {text for *_, text in agent.calls()} == set(notes.values())
