@@ -32,11 +32,11 @@ from command_handlers._plugins.loading import (
     list_plugins,
 )
 from command_handlers._plugins.registry import (
-    OFFLOAD,
     DuplicateAgentError,
     ExecutorRegistry,
     UnknownAgentError,
     collect_executors,
+    offloading,
 )
 from command_handlers.async_execution_engine import (
     DEFAULT_CONCURRENCY,
@@ -64,7 +64,6 @@ __all__ = [
     "LOAD_PLUGINS_ENV",
     "MAX_CONCURRENCY",
     "MIN_CONCURRENCY",
-    "OFFLOAD",
     "PLUGINS_ENV",
     "STATUSES",
     "AsyncTask",
@@ -85,6 +84,7 @@ __all__ = [
     "get_plugin_manager",
     "list_plugins",
     "notify",
+    "offloading",
     "run_tasks",
 ]
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,18 +20,41 @@ __all__ = [
     "ExecutorRegistry",
     "UnknownAgentError",
     "collect_executors",
+    "offloading",
     "plugin_name",
 ]
 
 Executor = Callable[[AsyncTask], Awaitable[Any]]
 #: ``(executor, task) -> awaitable`` that calls an agent's executor elsewhere (on
-#: a cluster), set by a backend around the calls it makes; ``None``: call it here.
+#: a cluster), set by a backend around its run (:func:`offloading`); ``None``: call it here.
 #: A context variable, so a backend offloads only its own tasks' calls, while the
 #: work around the call (``prepare_task``, a cached answer) stays in this process.
 #: Internal agents (a plugin's own helpers) are never offloaded.
 OFFLOAD: contextvars.ContextVar[Callable[[Executor, AsyncTask], Awaitable[Any]] | None] = (
     contextvars.ContextVar("command_handlers_offload", default=None)
 )
+#: How many runs offload right now (see :func:`offloading`), in a one-item list:
+#: while none does, a task's route reads this, not the context variable (the hot path).
+_OFFLOADS = [0]
+
+
+@contextlib.contextmanager
+def offloading(call: Callable[[Executor, AsyncTask], Awaitable[Any]]) -> Iterator[None]:
+    """Within the block, this task's agent calls (and its child tasks') go through ``call``.
+
+    Args:
+        call: ``(executor, task) -> awaitable``, run instead of ``executor(task)``.
+
+    Yields:
+        Nothing; leaving the block calls the executors here again.
+    """
+    token = OFFLOAD.set(call)
+    _OFFLOADS[0] += 1
+    try:
+        yield
+    finally:
+        _OFFLOADS[0] -= 1
+        OFFLOAD.reset(token)
 
 
 class DuplicateAgentError(ValueError):
@@ -159,20 +183,6 @@ class ExecutorRegistry:
         """
         return self._lookup(agent_name).fingerprint
 
-    def executor(self, agent_name: str) -> Executor:
-        """Return the executor registered for ``agent_name``.
-
-        Args:
-            agent_name: A registered agent.
-
-        Returns:
-            The executor, as its plugin registered it.
-
-        Raises:
-            UnknownAgentError: Nobody registered the agent.
-        """
-        return self._lookup(agent_name).executor
-
     def limits(self) -> dict[str, int]:
         """Return agent name -> its own limit, for the agents that have one."""
         return {
@@ -205,14 +215,16 @@ class ExecutorRegistry:
         # (the plugin manager, open files): they are never offloaded.
         helpers = {name for name, reg in self._agents.items() if reg.internal}
         offloaded = OFFLOAD.get
+        offloads = _OFFLOADS
 
         def route(task: AsyncTask) -> Awaitable[Any]:
             executor = executors.get(task.agent_name)
             if executor is None:
                 self._lookup(task.agent_name)  # raises UnknownAgentError
-            offload = offloaded()
-            if offload is not None and task.agent_name not in helpers:
-                return offload(executor, task)  # type: ignore[arg-type]
+            if offloads[0]:
+                offload = offloaded()
+                if offload is not None and task.agent_name not in helpers:
+                    return offload(executor, task)  # type: ignore[arg-type]
             return executor(task)  # type: ignore[misc]
 
         return route

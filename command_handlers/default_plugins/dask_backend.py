@@ -357,15 +357,12 @@ class DaskBackend:
 
     async def _run(self, arguments: dict[str, Any]) -> dict[str, Any]:
         from command_handlers.plugins import (  # pylint: disable=import-outside-toplevel
-            OFFLOAD,
+            offloading,
         )
 
         nxt = self.pm.subset_hook_caller("execute_tasks", remove_plugins=[self])
         client = await self.client()
         calls = _Calls(client, _agents(arguments["tasks"]))
-        # Set in this task's context before the backend creates its own tasks,
-        # which copy it: only this run's calls go to the cluster.
-        token = OFFLOAD.set(calls.call)
         try:
             await calls.limit_agents(arguments["agent_limits"])
             # A call beyond the workers' slots would wait queued on the scheduler,
@@ -375,12 +372,14 @@ class DaskBackend:
             for limit in ("max_concurrency", "dependency_limit"):
                 if 0 < slots < arguments[limit]:
                     arguments[limit] = slots
-            pending = nxt(**arguments)
-            if pending is None:
-                raise RuntimeError("no plugin but 'dask' implements execute_tasks")
-            return dict(await pending)
+            # Entered in this task before the backend creates its own tasks,
+            # which copy its context: only this run's calls go to the cluster.
+            with offloading(calls.call):
+                pending = nxt(**arguments)
+                if pending is None:
+                    raise RuntimeError("no plugin but 'dask' implements execute_tasks")
+                return dict(await pending)
         finally:
-            OFFLOAD.reset(token)
             await calls.finish()
 
 

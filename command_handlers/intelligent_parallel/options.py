@@ -260,7 +260,7 @@ def _parse_running(parsed: Options, opts: Mapping[str, Any]) -> None:
         str(name).strip(): _check_rate(str(rate)) for name, rate in dict(agent_rates).items()
     }
     scheduler = opts.get("scheduler")
-    parsed.scheduler = str(scheduler).strip() or None if scheduler is not None else None
+    parsed.scheduler = (str(scheduler).strip() or None) if scheduler is not None else None
     timeout = opts.get("scheduler_timeout", parsed.scheduler_timeout)
     parsed.scheduler_timeout = _seconds(timeout, "scheduler_timeout")
     if not parsed.scheduler_timeout > 0:
