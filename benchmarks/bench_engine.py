@@ -388,6 +388,7 @@ FACADE_DISABLED = (
     "llm-agents",
     "command-agent",
     "color-router",
+    "dask",
 )
 LISTENER_HOOKS = ("on_run_start", "on_task_start", "on_task_progress", "on_task_end", "on_run_end")
 

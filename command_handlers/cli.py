@@ -46,6 +46,8 @@ from command_handlers.slash_command import CanvasNotFoundError, find_canvas, ins
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: The environment variable that says ``--scheduler``.
+SCHEDULER_ENV = "COMMAND_HANDLERS_SCHEDULER"
 #: The command's defaults, from the one place they are set.
 _DEFAULTS = Options()
 
@@ -295,6 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
         " agents even where the journal holds an answer",
     )
 
+    cluster = parser.add_argument_group("cluster (Dask; needs command-handlers[dask])")
+    cluster.add_argument(
+        "--scheduler",
+        default=os.environ.get(SCHEDULER_ENV) or None,
+        metavar="ADDRESS",
+        help="run the agents' calls on a Dask cluster: tcp://host:port of a running"
+        " scheduler, or 'local' for worker processes on this machine"
+        f" (default: ${SCHEDULER_ENV}, else this process)",
+    )
+    cluster.add_argument(
+        "--scheduler-timeout",
+        type=_positive_seconds,
+        default=_DEFAULTS.scheduler_timeout,
+        metavar="SECONDS",
+        help="give up on an unreachable scheduler after this long"
+        f" (default: {_DEFAULTS.scheduler_timeout:g})",
+    )
+
     journal = parser.add_argument_group("journal (resuming)")
     journal.add_argument(
         "--journal",
@@ -400,6 +420,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "agent_rates": ",".join(args.agent_rates or []) or None,
         "fail_fast": args.fail_fast,
         "grace": args.grace,
+        "scheduler": args.scheduler,
+        "scheduler_timeout": args.scheduler_timeout,
         "force": args.force,
         "replace": args.replace,
         "journal": args.journal,

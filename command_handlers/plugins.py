@@ -36,6 +36,7 @@ from command_handlers._plugins.registry import (
     ExecutorRegistry,
     UnknownAgentError,
     collect_executors,
+    offloading,
 )
 from command_handlers.async_execution_engine import (
     DEFAULT_CONCURRENCY,
@@ -83,6 +84,7 @@ __all__ = [
     "get_plugin_manager",
     "list_plugins",
     "notify",
+    "offloading",
     "run_tasks",
 ]
 

@@ -11,6 +11,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_COLOR_MAP",
     "DEFAULT_MAX_ANSWER_BYTES",
+    "DEFAULT_SCHEDULER_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "DISPLAY_MODES",
     "ECHO_MODEL",
@@ -26,6 +27,8 @@ DEFAULT_TIMEOUT = 600.0
 #: The most an agent program may print, in bytes (``--max-answer-mb``): 4 MB, some
 #: thousand pages of text, far above any answer, yet small enough for a card's document.
 DEFAULT_MAX_ANSWER_BYTES = 4 * 1024 * 1024
+#: Seconds to wait for a Dask scheduler (``--scheduler-timeout``).
+DEFAULT_SCHEDULER_TIMEOUT = 10.0
 #: The offline model of ``llm-echo``, used when the run names no model.
 ECHO_MODEL = "echo"
 #: How the ``progress`` plugin shows a run: a bar on a terminal (else lines), a
@@ -59,6 +62,11 @@ class Settings:
         display: How the ``progress`` plugin shows the run: one of
             :data:`DISPLAY_MODES`.
         verbose: Show more detail.
+        scheduler: Where the ``dask`` plugin runs the agents' calls: a Dask
+            scheduler's address (``tcp://host:port``), ``"local"`` for a
+            cluster of this machine's cores started for the command, or
+            ``None`` to run them in this process (the engine).
+        scheduler_timeout: Seconds to wait for the scheduler before giving up.
         options: Anything else, for third-party plugins.
     """
 
@@ -75,6 +83,8 @@ class Settings:
     journal_path: Path | None = None
     display: str = "quiet"
     verbose: bool = False
+    scheduler: str | None = None
+    scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @property

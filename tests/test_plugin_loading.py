@@ -51,6 +51,7 @@ BUILTIN_NAMES = [
     "journal",
     "progress",
     "model-router",
+    "dask",
 ]
 
 
@@ -125,7 +126,8 @@ def test_a_disabled_built_in_is_never_imported() -> None:
         )
     )
     assert seen["modules"] == sorted(
-        BUILTIN_PLUGINS[name] for name in ("engine", "color-router", "llm-agents", "command-agent")
+        BUILTIN_PLUGINS[name]
+        for name in ("engine", "color-router", "llm-agents", "command-agent", "dask")
     )
     for name in ("journal", "progress", "model_router"):
         assert f"command_handlers.default_plugins.{name}" not in seen["modules"]
@@ -172,6 +174,7 @@ def test_disabled_built_ins_are_blocked_and_not_registered() -> None:
         "llm-agents",
         "command-agent",
         "model-router",
+        "dask",
     ]
 
 

@@ -184,6 +184,7 @@ def test_get_plugin_manager_registers_the_built_in_plugins() -> None:
         "journal",
         "progress",
         "model-router",
+        "dask",
     ]
 
 

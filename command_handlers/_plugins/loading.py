@@ -49,6 +49,7 @@ BUILTIN_PLUGINS: Mapping[str, str] = {
     "journal": "command_handlers.default_plugins.journal",
     "progress": "command_handlers.default_plugins.progress",
     "model-router": "command_handlers.default_plugins.model_router",
+    "dask": "command_handlers.default_plugins.dask_backend",
 }
 
 _BUILT_IN = "built-in"

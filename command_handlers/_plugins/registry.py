@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -13,14 +15,46 @@ from command_handlers.async_execution_engine import AsyncTask, RateLimit
 from command_handlers.settings import Settings
 
 __all__ = [
+    "OFFLOAD",
     "DuplicateAgentError",
     "ExecutorRegistry",
     "UnknownAgentError",
     "collect_executors",
+    "offloading",
     "plugin_name",
 ]
 
 Executor = Callable[[AsyncTask], Awaitable[Any]]
+#: ``(executor, task) -> awaitable`` that calls an agent's executor elsewhere (on
+#: a cluster), set by a backend around its run (:func:`offloading`); ``None``: call it here.
+#: A context variable, so a backend offloads only its own tasks' calls, while the
+#: work around the call (``prepare_task``, a cached answer) stays in this process.
+#: Internal agents (a plugin's own helpers) are never offloaded.
+OFFLOAD: contextvars.ContextVar[Callable[[Executor, AsyncTask], Awaitable[Any]] | None] = (
+    contextvars.ContextVar("command_handlers_offload", default=None)
+)
+#: How many runs offload right now (see :func:`offloading`), in a one-item list:
+#: while none does, a task's route reads this, not the context variable (the hot path).
+_OFFLOADS = [0]
+
+
+@contextlib.contextmanager
+def offloading(call: Callable[[Executor, AsyncTask], Awaitable[Any]]) -> Iterator[None]:
+    """Within the block, this task's agent calls (and its child tasks') go through ``call``.
+
+    Args:
+        call: ``(executor, task) -> awaitable``, run instead of ``executor(task)``.
+
+    Yields:
+        Nothing; leaving the block calls the executors here again.
+    """
+    token = OFFLOAD.set(call)
+    _OFFLOADS[0] += 1
+    try:
+        yield
+    finally:
+        _OFFLOADS[0] -= 1
+        OFFLOAD.reset(token)
 
 
 class DuplicateAgentError(ValueError):
@@ -177,11 +211,20 @@ class ExecutorRegistry:
             ``route(task)``, as :meth:`route`, with the executors looked up once.
         """
         executors = {name: reg.executor for name, reg in self._agents.items()}
+        # A plugin's own helper agents (internal) may hold this process's state
+        # (the plugin manager, open files): they are never offloaded.
+        helpers = {name for name, reg in self._agents.items() if reg.internal}
+        offloaded = OFFLOAD.get
+        offloads = _OFFLOADS
 
         def route(task: AsyncTask) -> Awaitable[Any]:
             executor = executors.get(task.agent_name)
             if executor is None:
                 self._lookup(task.agent_name)  # raises UnknownAgentError
+            if offloads[0]:
+                offload = offloaded()
+                if offload is not None and task.agent_name not in helpers:
+                    return offload(executor, task)  # type: ignore[arg-type]
             return executor(task)  # type: ignore[misc]
 
         return route

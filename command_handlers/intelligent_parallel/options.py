@@ -29,6 +29,7 @@ from command_handlers.plugins import (
 from command_handlers.settings import (
     DEFAULT_COLOR_MAP,
     DEFAULT_MAX_ANSWER_BYTES,
+    DEFAULT_SCHEDULER_TIMEOUT,
     DEFAULT_TIMEOUT,
     DISPLAY_MODES,
     Settings,
@@ -122,6 +123,8 @@ class Options:
     force: bool = False
     replace: bool = False
     grace: float = 30.0
+    scheduler: str | None = None
+    scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT
     max_canvas_mb: float = DEFAULT_MAX_BYTES / (1024 * 1024)
     max_answer_mb: float = DEFAULT_MAX_ANSWER_BYTES / (1024 * 1024)
 
@@ -202,6 +205,8 @@ class Options:
             journal_path=Path(self.journal) if self.journal else None,
             display=self.progress,
             verbose=self.verbose,
+            scheduler=self.scheduler,
+            scheduler_timeout=self.scheduler_timeout,
         )
 
 
@@ -269,6 +274,12 @@ def _parse_running(parsed: Options, opts: Mapping[str, Any]) -> None:
     parsed.agent_rates = {
         str(name).strip(): _check_rate(str(rate)) for name, rate in dict(agent_rates).items()
     }
+    scheduler = opts.get("scheduler")
+    parsed.scheduler = (str(scheduler).strip() or None) if scheduler is not None else None
+    timeout = opts.get("scheduler_timeout", parsed.scheduler_timeout)
+    parsed.scheduler_timeout = _seconds(timeout, "scheduler_timeout")
+    if not parsed.scheduler_timeout > 0:
+        raise CommandInputError(f"scheduler_timeout must be a number > 0, got {timeout!r}")
     if opts.get("journal") is not None:
         parsed.journal = os.fspath(opts["journal"])
     parsed.use_journal = not opts.get("no_journal", False) and opts.get("use_journal", True)
