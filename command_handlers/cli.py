@@ -321,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
         help='folder for the documents (default: "<canvas name> answers")',
     )
     out.add_argument(
+        "--vault",
+        metavar="DIR",
+        help="the Obsidian vault's root, from which file nodes' paths are written"
+        " (default: the nearest folder above the canvas holding .obsidian/)",
+    )
+    out.add_argument(
         "--replace",
         action="store_true",
         help="a note answered again gets its new answer in the place of the latest answer"
@@ -369,6 +375,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "follow_edges": args.follow_edges,
         "inline": args.inline,
         "docs_dir": args.docs_dir,
+        "vault": args.vault,
         "backup": args.backup,
         "output": args.output,
         "model": args.model,
@@ -457,7 +464,8 @@ def _print_summary(console: Console, result: CommandResult) -> None:
     for task in result.results:
         if task["status"] != "success":
             console.print(
-                f"[red]{task['status']}[/] {escape(str(task['task_id']))}:"
+                f"[red]{task['status']}[/] {escape(str(task.get('note', task['task_id'])))}"
+                f" {escape(str(task['agent']))}:"
                 f" {escape(str(task['error']))}"
             )
     if result.canvas:

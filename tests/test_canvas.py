@@ -709,6 +709,7 @@ def test_the_public_names_still_import() -> None:
             "Edge",
             "Node",
             "NodeRef",
+            "Placer",
             "Rect",
             "color_of",
             "label_of",
