@@ -622,9 +622,30 @@ def _check_report(report: str | None) -> None:
         )
 
 
+#: The colour Obsidian's default theme shows for each preset (the file holds the number).
+_OBSIDIAN_COLORS = {
+    "1": "red",
+    "2": "orange",
+    "3": "yellow",
+    "4": "green",
+    "5": "cyan",
+    "6": "purple",
+}
+
+
+def _none_of(colors: Sequence[str]) -> str:
+    """Say that no note of the colours looked for was found, and how Obsidian shows them."""
+    shown = [
+        f'"{c}" ({_OBSIDIAN_COLORS[c]} in Obsidian)' if c in _OBSIDIAN_COLORS else f'"{c}"'
+        for c in dict.fromkeys(colors)
+    ]
+    word = "colour" if len(shown) == 1 else "colours"
+    return f"No notes of {word} {', '.join(shown)} found"
+
+
 def _finish(console: Console, args: argparse.Namespace, result: CommandResult) -> int:
     if result.kind == "nothing-selected":
-        console.print(f"{result.message}: nothing to do.")
+        console.print(f"{_none_of(args.colors or ['6'])}: nothing to do.", markup=False)
         return EXIT_OK
     if result.kind != "up-to-date":
         for notice in result.notices:

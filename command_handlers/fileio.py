@@ -169,7 +169,9 @@ def _take_lock(lock: Path) -> int:
                 continue
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a process's own: no fork inherits it
+            fcntl.lockf(  # pylint: disable=possibly-used-before-assignment  # not on Windows
+                fd, fcntl.LOCK_EX | fcntl.LOCK_NB
+            )  # a process's own: no fork inherits it
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
@@ -224,7 +226,7 @@ def merge_canvas(
         OSError: The file could not be written (it is then untouched).
     """
     target = Path(os.path.realpath(path))
-    mode = stat.S_IMODE(os.stat(target).st_mode)
+    merge = _Merge(target, apply, max_bytes)
     with contextlib.ExitStack() as stack:
         held = stack.enter_context(open(target, "rb"))
         base = _read_held(held, target, max_bytes)
@@ -232,19 +234,13 @@ def merge_canvas(
         backup_path = None
         if backup:
             backup_path = target.with_name(target.name + ".bak")
-            _write_atomic(backup_path, base, mode)
-        expected, ours = base, frozenset[str]()
+            _write_atomic(backup_path, base, merge.mode)
+        expected = base
         for _ in range(MERGE_ATTEMPTS):
-            if ours and ours <= {node["id"] for node in canvas.nodes}:
-                data = base  # a version made from ours: it holds the changes already
-            else:
-                before = {node["id"] for node in canvas.nodes}
-                apply(canvas)
-                ours = frozenset(node["id"] for node in canvas.nodes) - before
-                data = canvas.to_json().encode("utf-8")
+            data = merge.changed(canvas, base)
             if before_replace is not None:
                 before_replace(target)
-            displaced = _swap_in(target, data, mode)
+            displaced = _swap_in(target, data, merge.mode)
             if displaced is None:  # replaced, not swapped: look at the file kept open
                 displaced = _read_held(held, target, max_bytes)
                 held.close()
@@ -253,13 +249,37 @@ def merge_canvas(
                 canvas.record_source(data, target)
                 return canvas, backup_path
             base, expected = displaced, data  # someone saved meanwhile: merge into theirs
-            try:
-                canvas = _parse(base, target)
-            except CanvasError as exc:
-                _write_atomic(target, base, mode)
-                raise CanvasMergeError(f"{target}: became unreadable while writing") from exc
-        _write_atomic(target, base, mode)
+            canvas = merge.parse_or_restore(base)
+        _write_atomic(target, base, merge.mode)
         raise CanvasMergeError(f"{target}: kept changing while the answers were written")
+
+
+class _Merge:
+    """What :func:`merge_canvas` keeps between attempts."""
+
+    def __init__(self, target: Path, apply: Callable[[Canvas], object], max_bytes: int) -> None:
+        self.target = target
+        self.apply = apply
+        self.max_bytes = max_bytes
+        self.mode = stat.S_IMODE(os.stat(target).st_mode)
+        self.ours: frozenset[str] = frozenset()
+
+    def changed(self, canvas: Canvas, base: bytes) -> bytes:
+        """The bytes to write: ``canvas`` with the changes (``base`` if it holds them already)."""
+        if self.ours and self.ours <= {node["id"] for node in canvas.nodes}:
+            return base  # a version made from ours: it holds the changes already
+        before = {node["id"] for node in canvas.nodes}
+        self.apply(canvas)
+        self.ours = frozenset(node["id"] for node in canvas.nodes) - before
+        return canvas.to_json().encode("utf-8")
+
+    def parse_or_restore(self, raw: bytes) -> Canvas:
+        """Parse the user's version; if it is no canvas, put it back and raise."""
+        try:
+            return _parse(raw, self.target)
+        except CanvasError as exc:
+            _write_atomic(self.target, raw, self.mode)
+            raise CanvasMergeError(f"{self.target}: became unreadable while writing") from exc
 
 
 def _parse(raw: bytes, path: Path) -> Canvas:

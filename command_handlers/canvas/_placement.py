@@ -49,8 +49,10 @@ def _column(nodes: Iterable[Node], left: float, right: float) -> list[tuple[floa
 
 
 _CELL = 512.0
-#: Beyond this distance (centre to centre) the spot below the anchor is tried too.
-_FAR = 700.0
+#: A spot to the right (or beside the earlier answers) this near is taken at once.
+_NEAR = 700.0
+#: How many obstacles a candidate spot slides past before it is given up.
+_STEPS = 200
 #: Label boxes: about this many pixels per character, this tall.
 _LABEL_CHAR, _LABEL_HEIGHT = 9.0, 32.0
 
@@ -131,32 +133,37 @@ class Placer:
                 return box
         return None
 
-    def _nearest(
-        self, anchor: Rect, starts: Sequence[tuple[Rect, bool]], gap: float, own: Sequence[Node]
-    ) -> Rect | None:
-        """The free spot nearest ``anchor`` reached from ``starts`` (sliding down or right)."""
-        best: Rect | None = None
-        for start, down in starts:
-            spot = self._slide(start, gap, own, down, 200)
-            if spot is not None and (
-                best is None or _distance(anchor, spot) < _distance(anchor, best)
-            ):
-                best = spot
-        return best
-
-    def _slide(
-        self, rect: Rect, gap: float, own: Sequence[Node], down: bool, limit: int
-    ) -> Rect | None:
-        """Move ``rect`` down (or right) past obstacles until free; None after ``limit`` moves."""
-        for _ in range(limit):
+    def _slide(self, rect: Rect, gap: float, own: Sequence[Node], way: str) -> Rect | None:
+        """Move ``rect`` past obstacles (``way``: down, right, up) until free, or None."""
+        for _ in range(_STEPS):
             blocker = self._blocker(rect, gap, own)
             if blocker is None:
                 return rect
-            if down:
+            if way == "down":
                 rect = rect._replace(y=math.ceil(max(rect.y + 1, blocker.bottom + gap)))
-            else:
+            elif way == "right":
                 rect = rect._replace(x=math.ceil(max(rect.x + 1, blocker.right + gap)))
+            else:
+                rect = rect._replace(y=math.floor(min(rect.y - 1, blocker.y - gap - rect.height)))
         return None
+
+    def _best(
+        self,
+        anchor: Rect,
+        starts: Sequence[tuple[Rect, str, float]],
+        first_only: int,
+        gap: float,
+        own: Sequence[Node],
+    ) -> Rect | None:
+        """The best free spot the candidates slide to (see :meth:`place`)."""
+        best, score = None, math.inf
+        for number, (start, way, penalty) in enumerate(starts):
+            if number == first_only and best is not None and score <= _NEAR:
+                break  # the right side, or beside the earlier answers, is near enough
+            spot = self._slide(start, gap, own, way)
+            if spot is not None and _distance(anchor, spot) + penalty < score:
+                best, score = spot, _distance(anchor, spot) + penalty
+        return best
 
     def place(
         self,
@@ -167,15 +174,16 @@ class Placer:
         gap: float = 50,
         near: Rect | None = None,
     ) -> Rect:
-        """Find a free spot near ``anchor`` for a ``width`` x ``height`` node.
+        """Find the free spot nearest ``anchor`` for a ``width`` x ``height`` node.
 
-        Candidates: to the right of ``anchor`` (sliding down past obstacles),
-        and to the right of and below ``near`` (the anchor's earlier answers,
-        so that they stay together); the one whose centre is nearest the
-        anchor's wins, the right first on a tie. Only when all of them are
-        more than 700 px away is the spot below the anchor (sliding right)
-        a candidate too. The groups holding the anchor grow to hold the spot; every other
-        group is an obstacle. The spot is then taken (:meth:`add`).
+        Candidates, each sliding past obstacles: to the right of ``anchor``
+        (down its right side), to the right of and below ``near`` (the
+        anchor's earlier answers, so that they stay together); the nearest
+        centre to centre wins if it is within 700 px. Otherwise the spots
+        below the anchor (sliding right) and above it (sliding up) compete
+        too, counting 300 and 600 px further than they are. The groups holding the anchor grow to
+        hold the spot; every other group is an obstacle, so the new node is
+        never across a group's border. The spot is then taken (:meth:`add`).
 
         Args:
             anchor: The rectangle of the node the new one belongs beside.
@@ -188,25 +196,34 @@ class Placer:
             The new node's rectangle (whole pixels).
         """
         own = self.groups_holding(anchor)
-        right = [(Rect(math.ceil(anchor.right + gap), math.ceil(anchor.y), width, height), True)]
-        if near is not None:
-            right.append(
-                (Rect(math.ceil(near.right + gap), math.ceil(near.y), width, height), True)
-            )
-            right.append(
-                (Rect(math.ceil(near.x), math.ceil(near.bottom + gap), width, height), False)
-            )
-        below = [(Rect(math.ceil(anchor.x), math.ceil(anchor.bottom + gap), width, height), False)]
-        best = self._nearest(anchor, right, gap, own)
-        if best is None or _distance(anchor, best) > _FAR:
-            best = self._nearest(anchor, right + below, gap, own)
-        if best is None:  # everything near is full: down the right column, however far
-            best = self._slide(right[0][0], gap, own, True, 10**9)
-            assert best is not None
+        starts, first_only = _starts(anchor, width, height, gap, near)
+        best = self._best(anchor, starts, first_only, gap, own)
+        if best is None:  # pragma: no cover - every way is blocked for _STEPS obstacles
+            best = starts[0][0]
+            while self._blocker(best, gap, own) is not None:
+                best = best._replace(y=best.y + height + gap)
         for group in own:
             _grow(group, best, gap)
         self.add(best)
         return best
+
+
+def _starts(
+    anchor: Rect, width: float, height: float, gap: float, near: Rect | None
+) -> tuple[list[tuple[Rect, str, float]], int]:
+    """Candidate spots (start, way to slide, penalty), and how many come first."""
+
+    def at(x: float, y: float) -> Rect:
+        return Rect(math.ceil(x), math.ceil(y), width, height)
+
+    starts = [(at(anchor.right + gap, anchor.y), "down", 0.0)]
+    if near is not None:
+        starts.append((at(near.right + gap, near.y), "down", 0.0))
+        starts.append((at(near.x, near.bottom + gap), "right", 0.0))
+    first_only = len(starts)
+    starts.append((at(anchor.x, anchor.bottom + gap), "right", 300.0))
+    starts.append((at(anchor.x, anchor.y - gap - height), "up", 600.0))
+    return starts, first_only
 
 
 def _distance(anchor: Rect, spot: Rect) -> float:

@@ -460,11 +460,11 @@ class IntelligentParallelCommandHandler:
         assert canvas.path is not None
         if not any(row["status"] == "success" for row in rows):
             return
-        old = replacing(command.notes, command.known) if opts.replace else {}
-        topics = {note_id: note.topic for note_id, note in command.notes.items()}
         gone: list[str] = []
 
         def add_answers(fresh: Canvas) -> None:
+            old = replacing(command.notes, command.known) if opts.replace else {}
+            topics = {note_id: note.topic for note_id, note in command.notes.items()}
             gone[:] = write_answers(fresh, list(rows), topics, command.layout, old)
 
         try:
@@ -476,24 +476,9 @@ class IntelligentParallelCommandHandler:
                     canvas.path, add_answers, backup=opts.backup, max_bytes=opts.max_canvas_bytes
                 )
         except CanvasError as exc:  # the canvas on disk became unreadable
-            for row in rows:
-                for key in ("blue_node_id", "file_node_id", "replaced_node_id"):
-                    row.pop(key, None)
-            self.side_file = _side_file(command, outcomes.answers(tasks), str(exc))
-            result.message = (
-                f"the canvas could not be merged into ({exc}); answers saved to {self.side_file}"
-            )
+            self.side_file = _unmerged(command, rows, outcomes.answers(tasks), exc, result)
             return
-        for row in rows:
-            if row["task_id"] in gone:
-                for key in ("blue_node_id", "file_node_id", "document"):
-                    row.pop(key, None)
-                row["note_deleted"] = True
-                result.notices.append(
-                    f"not written: note {_named(command.notes[row['node_id']])} was deleted"
-                    f" from the canvas while {row['agent']} answered it (the answer stays"
-                    " in the journal)"
-                )
+        _drop_gone(command.notes, rows, gone, result)
         result.canvas, result.backup = str(target), str(backup) if backup else None
         hashes = {task.task_id: str(task.node_data["input_hash"]) for task in tasks}
         written = [
@@ -587,6 +572,41 @@ def _load(canvas_path: str | os.PathLike[str], max_bytes: int) -> Canvas:
         return read_canvas(canvas_path, max_bytes=max_bytes)
     except CanvasError as exc:
         raise CommandInputError(str(exc)) from exc
+
+
+def _unmerged(
+    command: _Command,
+    rows: Sequence[dict[str, Any]],
+    answers: Sequence[Mapping[str, Any]],
+    error: CanvasError,
+    result: CommandResult,
+) -> Path:
+    """The canvas could not be merged into: keep the answers in a side file."""
+    for row in rows:
+        for key in ("blue_node_id", "file_node_id", "replaced_node_id"):
+            row.pop(key, None)
+    side = _side_file(command, answers, str(error))
+    result.message = f"the canvas could not be merged into ({error}); answers saved to {side}"
+    return side
+
+
+def _drop_gone(
+    notes: Mapping[str, Note],
+    rows: Sequence[dict[str, Any]],
+    gone: Sequence[str],
+    result: CommandResult,
+) -> None:
+    """Say which answers were not written because their note was deleted meanwhile."""
+    for row in rows:
+        if row["task_id"] in gone:
+            for key in ("blue_node_id", "file_node_id", "document"):
+                row.pop(key, None)
+            row["note_deleted"] = True
+            result.notices.append(
+                f"not written: note {_named(notes[row['node_id']])} was deleted"
+                f" from the canvas while {row['agent']} answered it (the answer stays"
+                " in the journal)"
+            )
 
 
 def _named(note: Note) -> str:

@@ -141,6 +141,17 @@ def _box(node: Node | Rect) -> _Box:
     return (node["x"], node["y"], node["width"], node["height"])
 
 
+def _earlier_answer(canvas: Canvas, note_id: str) -> Rect | None:
+    """The lowest answer card already linked from a note, if any."""
+    cards = [
+        node_rect(node)
+        for edge in canvas.outgoing(note_id)
+        if (node := canvas.get_node(edge["toNode"])) is not None
+        and node.get("color") == ANSWER_COLOR
+    ]
+    return max(cards, key=lambda rect: rect.y, default=None)
+
+
 def _clear_places(
     canvas: Canvas,
     results: Sequence[Mapping[str, Any]],
@@ -235,7 +246,8 @@ def write_answers(
             card = canvas.add_text_node(text, x, y, width, height, color=ANSWER_COLOR)
         else:
             # A note's further answers go beside or below its previous one.
-            spot = placer.place(note, *size, near=last.get(note_id))
+            near = last.get(note_id) or _earlier_answer(canvas, note_id)
+            spot = placer.place(note, *size, near=near)
             card = canvas.add_text_node(text, *spot, color=ANSWER_COLOR)
             last[note_id] = spot
             file_box = None

@@ -394,7 +394,7 @@ def test_a_second_run_does_not_send_earlier_answers(
     code, _, err = run_cli(canvas_file, "--agent-command", agent_program.command, "--color", "5")
     assert code == 0, err
     assert "already answered" not in err  # the blue answers are never selected as notes
-    assert "No yellow nodes found" in err
+    assert 'No notes of colour "5" (cyan in Obsidian) found' in err
     code, _, err = run_cli(canvas_file, "--agent-command", agent_program.command)
     assert code == 0, err
     assert "every selected note is already answered" in err
@@ -746,7 +746,7 @@ def test_nothing_selected(
 
     assert code == 0
     assert out == ""
-    assert "No yellow nodes found" in err
+    assert 'No notes of colour "6" (purple in Obsidian) found: nothing to do.' in err
     assert path.read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.canvas"]
 
