@@ -119,7 +119,12 @@ class Placer:
         return holding
 
     def _blocker(self, rect: Rect, gap: float, own: Sequence[Node]) -> Rect | None:
-        """An obstacle ``rect`` comes within ``gap`` of, or None."""
+        """An obstacle ``rect`` comes within ``gap`` of, or None.
+
+        Growing the groups that hold the anchor to hold ``rect`` must not
+        take in a node or reach into another group either: such a node or
+        group is an obstacle too.
+        """
         probe = Rect(rect.x - gap, rect.y - gap, rect.width + 2 * gap, rect.height + 2 * gap)
         for cell in _cells(probe):
             for other in self._grid.get(cell, ()):
@@ -130,6 +135,25 @@ class Placer:
                 continue
             box = node_rect(group)
             if rect.overlaps(box, gap):
+                return box
+        for group in own:
+            blocker = self._growth_blocker(node_rect(group), _union(node_rect(group), probe), own)
+            if blocker is not None:
+                return blocker
+        return None
+
+    def _growth_blocker(self, old: Rect, new: Rect, own: Sequence[Node]) -> Rect | None:
+        """What a group growing from ``old`` to ``new`` would take in or reach into."""
+        if new == old:
+            return None
+        for strip in _strips(old, new):
+            for cell in _cells(strip):
+                for other in self._grid.get(cell, ()):
+                    if strip.overlaps(other):
+                        return other
+        for group in self._groups:
+            box = node_rect(group)
+            if not any(group is g for g in own) and new.overlaps(box) and not old.overlaps(box):
                 return box
         return None
 
@@ -231,6 +255,22 @@ def _distance(anchor: Rect, spot: Rect) -> float:
         (anchor.x + anchor.width / 2, anchor.y + anchor.height / 2),
         (spot.x + spot.width / 2, spot.y + spot.height / 2),
     )
+
+
+def _union(a: Rect, b: Rect) -> Rect:
+    left, top = min(a.x, b.x), min(a.y, b.y)
+    return Rect(left, top, max(a.right, b.right) - left, max(a.bottom, b.bottom) - top)
+
+
+def _strips(old: Rect, new: Rect) -> list[Rect]:
+    """``new`` minus ``old`` (which it holds), as up to four rectangles."""
+    strips = [
+        Rect(new.x, new.y, old.x - new.x, new.height),
+        Rect(old.right, new.y, new.right - old.right, new.height),
+        Rect(old.x, new.y, old.width, old.y - new.y),
+        Rect(old.x, old.bottom, old.width, new.bottom - old.bottom),
+    ]
+    return [strip for strip in strips if strip.width > 0 and strip.height > 0]
 
 
 def _grow(group: Node, rect: Rect, gap: float) -> None:

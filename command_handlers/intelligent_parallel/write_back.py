@@ -105,11 +105,13 @@ def _document(folder: Path, stem: str, content: str) -> Path:
     """
     data = content.encode("utf-8")
     for candidate in _names(folder, stem, ".md"):
-        if not candidate.exists():
-            candidate.write_bytes(data)
+        try:
+            with open(candidate, "xb") as handle:  # exclusive: two runs never share a name
+                handle.write(data)
             return candidate
-        if candidate.read_bytes() == data:
-            return candidate
+        except FileExistsError:
+            if candidate.read_bytes() == data:
+                return candidate
     raise AssertionError("unreachable: the names never run out")  # pragma: no cover
 
 
