@@ -221,14 +221,18 @@ def merge_canvas(
 
     Raises:
         CanvasError: The canvas on disk cannot be read or parsed (nothing was written).
-        CanvasMergeError: The canvas kept changing or became unreadable; the
-            file holds the user's latest version, without the changes.
+        CanvasMergeError: The canvas was removed, kept changing or became
+            unreadable; the file (if any) holds the user's latest version,
+            without the changes.
         OSError: The file could not be written (it is then untouched).
     """
     target = Path(os.path.realpath(path))
-    merge = _Merge(target, apply, max_bytes)
     with contextlib.ExitStack() as stack:
-        held = stack.enter_context(open(target, "rb"))
+        try:
+            held = stack.enter_context(open(target, "rb"))
+            merge = _Merge(target, apply, os.fstat(held.fileno()).st_mode)
+        except FileNotFoundError:
+            raise CanvasMergeError(f"{target}: was removed while the agents worked") from None
         base = _read_held(held, target, max_bytes)
         canvas = _parse(base, target)
         backup_path = None
@@ -257,11 +261,10 @@ def merge_canvas(
 class _Merge:
     """What :func:`merge_canvas` keeps between attempts."""
 
-    def __init__(self, target: Path, apply: Callable[[Canvas], object], max_bytes: int) -> None:
+    def __init__(self, target: Path, apply: Callable[[Canvas], object], mode: int) -> None:
         self.target = target
         self.apply = apply
-        self.max_bytes = max_bytes
-        self.mode = stat.S_IMODE(os.stat(target).st_mode)
+        self.mode = stat.S_IMODE(mode)
         self.ours: frozenset[str] = frozenset()
 
     def changed(self, canvas: Canvas, base: bytes) -> bytes:

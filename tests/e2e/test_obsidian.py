@@ -25,6 +25,7 @@ import pytest
 from command_handlers.canvas import Canvas
 from command_handlers.fileio import (
     CanvasBusyError,
+    CanvasMergeError,
     canvas_lock,
     find_vault,
     merge_canvas,
@@ -333,6 +334,14 @@ def test_an_unreadable_canvas_at_write_time_gives_a_side_file(tmp_path: Path) ->
     with pytest.raises(Exception, match="unreadable"):
         merge_canvas(path, lambda c: c.add_text_node("a", 400, 0, 10, 10), before_replace=spoil)
     assert path.read_text(encoding="utf-8") == "{not json"  # the user's bytes, untouched
+
+
+def test_a_canvas_removed_during_the_run_is_not_recreated(tmp_path: Path) -> None:
+    path = tmp_path / "gone.canvas"
+
+    with pytest.raises(CanvasMergeError, match="removed"):
+        merge_canvas(path, lambda c: c.add_text_node("a", 0, 0, 10, 10))
+    assert not path.exists()
 
 
 # --- one run per canvas --------------------------------------------------------------------
