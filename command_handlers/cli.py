@@ -354,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
         help='folder for the documents (default: "<canvas name> answers")',
     )
     out.add_argument(
+        "--vault",
+        metavar="DIR",
+        help="the Obsidian vault's root, from which file nodes' paths are written"
+        " (default: the nearest folder above the canvas holding .obsidian/)",
+    )
+    out.add_argument(
         "--replace",
         action="store_true",
         help="a note answered again gets its new answer in the place of the latest answer"
@@ -402,6 +408,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "follow_edges": args.follow_edges,
         "inline": args.inline,
         "docs_dir": args.docs_dir,
+        "vault": args.vault,
         "backup": args.backup,
         "output": args.output,
         "model": args.model,
@@ -493,7 +500,8 @@ def _print_summary(console: Console, result: CommandResult) -> None:
     for task in result.results:
         if task["status"] != "success":
             console.print(
-                f"[red]{task['status']}[/] {escape(str(task['task_id']))}:"
+                f"[red]{task['status']}[/] {escape(str(task.get('note', task['task_id'])))}"
+                f" {escape(str(task['agent']))}:"
                 f" {escape(str(task['error']))}"
             )
     if result.canvas:
@@ -761,11 +769,32 @@ def _check_report(report: str | None) -> None:
         )
 
 
+#: The colour Obsidian's default theme shows for each preset (the file holds the number).
+_OBSIDIAN_COLORS = {
+    "1": "red",
+    "2": "orange",
+    "3": "yellow",
+    "4": "green",
+    "5": "cyan",
+    "6": "purple",
+}
+
+
+def _none_of(colors: Sequence[str]) -> str:
+    """Say that no note of the colours looked for was found, and how Obsidian shows them."""
+    shown = [
+        f'"{c}" ({_OBSIDIAN_COLORS[c]} in Obsidian)' if c in _OBSIDIAN_COLORS else f'"{c}"'
+        for c in dict.fromkeys(colors)
+    ]
+    word = "colour" if len(shown) == 1 else "colours"
+    return f"No notes of {word} {', '.join(shown)} found"
+
+
 def _finish(
     console: Console, args: argparse.Namespace, result: CommandResult, interrupted_code: int
 ) -> int:
     if result.kind == "nothing-selected":
-        console.print(f"{result.message}: nothing to do.")
+        console.print(f"{_none_of(args.colors or ['6'])}: nothing to do.", markup=False)
         return EXIT_OK
     if result.kind != "up-to-date":
         for notice in result.notices:

@@ -709,6 +709,7 @@ def test_the_public_names_still_import() -> None:
             "Edge",
             "Node",
             "NodeRef",
+            "Placer",
             "Rect",
             "color_of",
             "label_of",
@@ -720,3 +721,57 @@ def test_the_public_names_still_import() -> None:
     )
     for name in package.__all__:
         assert getattr(package, name) is not None
+
+
+# --- Placer: many placements, each near its anchor -----------------------------------------
+
+
+def _box(
+    node_id: str, x: float, y: float, w: float = 300, h: float = 150, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "id": node_id,
+        "type": "text",
+        "text": node_id,
+        "x": x,
+        "y": y,
+        "width": w,
+        "height": h,
+        **extra,
+    }
+
+
+def test_placer_keeps_clear_of_edge_labels() -> None:
+    a, b = _box("a", 0, 0), _box("b", 0, 600)
+    edge = {"id": "e", "fromNode": "a", "toNode": "b", "label": "a long label here"}
+    canvas = Canvas({"nodes": [a, b], "edges": [edge]})
+    # The label sits halfway between the two nodes, at about (150, 375).
+    spot = canvas.placer().place(Rect(-300, 300, 100, 150), 400, 150)
+    label = Rect(150 - 90, 375 - 16, 180, 32)
+    assert not spot.overlaps(label)
+
+
+def test_placer_grows_the_anchors_group_and_avoids_others() -> None:
+    own = {"id": "g1", "type": "group", "x": -50, "y": -50, "width": 400, "height": 250}
+    other = {"id": "g2", "type": "group", "x": 400, "y": -50, "width": 400, "height": 400}
+    note = _box("n", 0, 0)
+    canvas = Canvas({"nodes": [own, other, note], "edges": []})
+    spot = canvas.placer().place(node_rect(note), 250, 150)
+    grown = node_rect(canvas.node("g1"))
+    assert grown.x <= spot.x
+    assert spot.right <= grown.right
+    assert grown.y <= spot.y
+    assert spot.bottom <= grown.bottom
+    assert not spot.overlaps(node_rect(canvas.node("g2")))  # and outside the other
+    assert not grown.overlaps(node_rect(canvas.node("g2")))
+
+
+def test_placer_puts_a_notes_answers_together() -> None:
+    note = _box("n", 0, 0)
+    placer = Canvas({"nodes": [note], "edges": []}).placer()
+    first = placer.place(node_rect(note), 250, 150)
+    second = placer.place(node_rect(note), 250, 150, near=first)
+    assert first.x == 350
+    assert first.y == 0
+    assert math.dist((first.x, first.y), (second.x, second.y)) <= 400
+    assert not first.overlaps(second, 50)

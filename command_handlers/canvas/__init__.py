@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 from command_handlers.canvas._model import Canvas
+from command_handlers.canvas._placement import Placer
 from command_handlers.canvas._types import (
     DEFAULT_MAX_BYTES,
     EDGE_ENDS,
@@ -58,6 +59,7 @@ __all__ = [
     "Edge",
     "Node",
     "NodeRef",
+    "Placer",
     "Rect",
     "color_of",
     "label_of",

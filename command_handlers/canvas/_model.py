@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from command_handlers.canvas._parse import decode, parse_text
-from command_handlers.canvas._placement import check_spot_size, free_spot
+from command_handlers.canvas._placement import Placer, check_spot_size, free_spot
 from command_handlers.canvas._serialise import to_text
 from command_handlers.canvas._types import CanvasError, Edge, Node, NodeRef, node_rect
 from command_handlers.canvas._validate import (
@@ -287,6 +287,14 @@ class Canvas:  # pylint: disable=too-many-public-methods
         """
         check_spot_size(width, height, gap)
         return free_spot(self._nodes, node_rect(self._resolve(anchor)), width, height, gap)
+
+    def placer(self) -> Placer:
+        """A :class:`~command_handlers.canvas.Placer` over this canvas's nodes and edge labels.
+
+        Use it to place many new nodes: each placement looks only at the
+        obstacles near the spot. Add the placed nodes to the canvas yourself.
+        """
+        return Placer(self._nodes, self._edges)
 
     def _add(self, key: str, items: list[Any], item: dict[str, Any]) -> None:
         """Append a node or edge, creating the top-level key if it was absent."""

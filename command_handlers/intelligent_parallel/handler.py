@@ -12,11 +12,12 @@ agents) only through hooks: it sets them up (``check_settings``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +27,10 @@ import pluggy
 from command_handlers import hookimpl
 from command_handlers.canvas import Canvas, CanvasError
 from command_handlers.fileio import (
-    changed_on_disk,
+    CanvasBusyError,
+    canvas_lock,
+    find_vault,
+    merge_canvas,
     read_canvas,
     remove_stale_temporaries,
     save_canvas,
@@ -61,6 +65,7 @@ from command_handlers.intelligent_parallel.write_back import (
     Layout,
     docs_folder,
     save_side_file,
+    vault_path,
     write_answers,
 )
 from command_handlers.plugins import (
@@ -197,6 +202,7 @@ class _Command:
     known: AnswerIndex
     notes: Mapping[str, Note]
     notices: Sequence[str]
+    layout: Layout
 
 
 class IntelligentParallelCommandHandler:
@@ -333,12 +339,16 @@ class IntelligentParallelCommandHandler:
             canvas = _load(canvas_path, opts.max_canvas_bytes)
             settings = opts.settings(canvas.path)
             pm = self._plugin_manager(opts)
+            layout = _layout(canvas, opts)
             notices = _refused_as_input(lambda: _notices(pm, settings))
-            try:
-                _refused_as_input(lambda: pm.hook.configure(settings=settings, pm=pm))
-                return await self._run(canvas, opts, settings, pm, notices)
-            finally:
-                await notify(pm, "unconfigure", settings=settings)
+            with contextlib.ExitStack() as stack:
+                if not opts.dry_run:  # one run per canvas, taken before any call
+                    stack.enter_context(_locked(Path(opts.output) if opts.output else canvas.path))
+                try:
+                    _refused_as_input(lambda: pm.hook.configure(settings=settings, pm=pm))
+                    return await self._run(canvas, opts, settings, pm, notices, layout)
+                finally:
+                    await notify(pm, "unconfigure", settings=settings)
         finally:
             self._stop, self._writing = None, False
 
@@ -362,6 +372,7 @@ class IntelligentParallelCommandHandler:
         settings: Settings,
         pm: pluggy.PluginManager,
         notices: Sequence[str],
+        layout: Layout,
     ) -> CommandResult:
         if not pm.hook.execute_tasks.get_hookimpls():
             raise CommandInputError(
@@ -376,7 +387,9 @@ class IntelligentParallelCommandHandler:
         notes = select_notes(canvas, opts, known.node_ids)
         if not notes:
             return CommandResult("nothing-selected", self.session_id, False, NOTHING_SELECTED)
-        command = _Command(canvas, opts, settings, pm, registry, known, notes, list(notices))
+        command = _Command(
+            canvas, opts, settings, pm, registry, known, notes, list(notices), layout
+        )
         await _choose_agents(command)
         _check_writable(canvas, opts)
         fingerprints = {name: registry.fingerprint(name) for name in registry.names}
@@ -460,6 +473,8 @@ class IntelligentParallelCommandHandler:
         self._writing = True
         elapsed = time.monotonic() - started
         rows = [task_row(task, outcomes.outcomes.get(task.task_id), notes) for task in tasks]
+        for row in rows:
+            row["note"] = _named(notes[row["node_id"]])
         await self._write(command, tasks, outcomes, rows, result)
         cancelled = summary.get("cancelled_tasks", ())
         result.interrupted = any(item["reason"] == "stopped" for item in cancelled)
@@ -506,27 +521,36 @@ class IntelligentParallelCommandHandler:
         rows: Sequence[dict[str, Any]],
         result: CommandResult,
     ) -> None:
-        """Write the answers into the canvas, or to a side file if it changed on disk."""
+        """Write the answers into the canvas as it is on disk now, keeping edits made meanwhile.
+
+        Only when the canvas on disk can no longer be read do the answers go
+        to a side file.
+        """
         canvas, opts = command.canvas, command.opts
         target = Path(opts.output) if opts.output else canvas.path
         assert target is not None
         assert canvas.path is not None
-        if not opts.output and changed_on_disk(canvas):
-            self.side_file = _side_file(command, outcomes.answers(tasks), "canvas changed on disk")
-            result.message = (
-                "the canvas changed on disk while the agents worked;"
-                f" answers saved to {self.side_file}"
-            )
-            return
         if not any(row["status"] == "success" for row in rows):
             return
-        layout = Layout(
-            target.parent, docs_folder(canvas.path, opts.docs_dir, target.parent), opts.inline
-        )
-        old = replacing(command.notes, command.known) if opts.replace else {}
-        topics = {note_id: note.topic for note_id, note in command.notes.items()}
-        write_answers(canvas, list(rows), topics, layout, old)
-        backup = save_canvas(canvas, target, backup=opts.backup)
+        gone: list[str] = []
+
+        def add_answers(fresh: Canvas) -> None:
+            old = replacing(command.notes, command.known) if opts.replace else {}
+            topics = {note_id: note.topic for note_id, note in command.notes.items()}
+            gone[:] = write_answers(fresh, list(rows), topics, command.layout, old)
+
+        try:
+            if opts.output:
+                add_answers(canvas)
+                backup = save_canvas(canvas, target, backup=opts.backup)
+            else:
+                _, backup = merge_canvas(
+                    canvas.path, add_answers, backup=opts.backup, max_bytes=opts.max_canvas_bytes
+                )
+        except CanvasError as exc:  # the canvas on disk became unreadable
+            self.side_file = _unmerged(command, rows, outcomes.answers(tasks), exc, result)
+            return
+        _drop_gone(command.notes, rows, gone, result)
         result.canvas, result.backup = str(target), str(backup) if backup else None
         hashes = {task.task_id: str(task.node_data["input_hash"]) for task in tasks}
         written = [
@@ -620,6 +644,91 @@ def _load(canvas_path: str | os.PathLike[str], max_bytes: int) -> Canvas:
         return read_canvas(canvas_path, max_bytes=max_bytes)
     except CanvasError as exc:
         raise CommandInputError(str(exc)) from exc
+
+
+def _unmerged(
+    command: _Command,
+    rows: Sequence[dict[str, Any]],
+    answers: Sequence[Mapping[str, Any]],
+    error: CanvasError,
+    result: CommandResult,
+) -> Path:
+    """The canvas could not be merged into: keep the answers in a side file."""
+    for row in rows:
+        for key in ("blue_node_id", "file_node_id", "replaced_node_id"):
+            row.pop(key, None)
+    side = _side_file(command, answers, str(error))
+    result.message = f"the canvas could not be merged into ({error}); answers saved to {side}"
+    return side
+
+
+def _drop_gone(
+    notes: Mapping[str, Note],
+    rows: Sequence[dict[str, Any]],
+    gone: Sequence[str],
+    result: CommandResult,
+) -> None:
+    """Say which answers were not written because their note was deleted meanwhile."""
+    for row in rows:
+        if row["task_id"] in gone:
+            for key in ("blue_node_id", "file_node_id", "document"):
+                row.pop(key, None)
+            row["note_deleted"] = True
+            result.notices.append(
+                f"not written: note {_named(notes[row['node_id']])} was deleted"
+                f" from the canvas while {row['agent']} answered it (the answer stays"
+                " in the journal)"
+            )
+
+
+def _named(note: Note) -> str:
+    """A note as a person finds it on the canvas: its first words, then its id."""
+    words = " ".join(note.text.split()[:6])
+    if len(words) > 40:
+        words = words[:39] + "…"
+    return f'"{words}" ({note.node_id})'
+
+
+@contextlib.contextmanager
+def _locked(target: Path | None) -> Iterator[None]:
+    assert target is not None
+    if not Path(os.path.realpath(target)).parent.is_dir():
+        yield  # no folder to write into: the write check says so
+        return
+    try:
+        with canvas_lock(target):
+            yield
+    except CanvasBusyError as exc:
+        raise CommandInputError(str(exc)) from exc
+
+
+def _layout(canvas: Canvas, opts: Options) -> Layout:
+    """Where documents go and where file nodes' paths start: the vault root.
+
+    Raises:
+        CommandInputError: The vault is not a folder, or the documents'
+            folder is outside it (Obsidian could not open them).
+    """
+    assert canvas.path is not None
+    target = Path(opts.output) if opts.output else canvas.path
+    real = Path(os.path.realpath(target))
+    if opts.vault:
+        base = Path(opts.vault)
+        if not base.is_dir():
+            raise CommandInputError(f"--vault {opts.vault}: not a folder")
+    else:
+        base = find_vault(real) or real.parent
+    folder = docs_folder(Path(os.path.realpath(canvas.path)), opts.docs_dir, real.parent)
+    layout = Layout(base, folder, opts.inline)
+    if not opts.inline and (opts.vault or find_vault(real)):
+        try:
+            vault_path(folder, base)
+        except ValueError:
+            raise CommandInputError(
+                f"the documents' folder {folder} is outside the vault {base};"
+                " Obsidian could not open them: choose a --docs-dir inside it"
+            ) from None
+    return layout
 
 
 def _check_writable(canvas: Canvas, opts: Options) -> None:

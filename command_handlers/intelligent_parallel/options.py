@@ -100,6 +100,7 @@ class Options:
     follow_edges: bool = False
     inline: bool = False
     docs_dir: str | None = None
+    vault: str | None = None
     backup: bool = True
     output: str | None = None
     model: str | None = None
@@ -229,7 +230,7 @@ def _parse_selection(parsed: Options, opts: Mapping[str, Any]) -> None:
     parsed.route = str(opts.get("route", "map"))
     if parsed.route not in {"map", "model"}:
         raise CommandInputError(f"route must be 'map' or 'model', got {parsed.route!r}")
-    for key in ("docs_dir", "output", "model"):
+    for key in ("docs_dir", "vault", "output", "model"):
         if opts.get(key) is not None:
             setattr(parsed, key, str(opts[key]))
     dirs = opts.get("agents_dirs", opts.get("agents_dir"))

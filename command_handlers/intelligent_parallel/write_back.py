@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from command_handlers.canvas import Canvas, Node
+from command_handlers.canvas import Canvas, Node, Rect, node_rect
 from command_handlers.intelligent_parallel.answered import ANSWER_COLOR, KnownAnswer
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Layout",
     "docs_folder",
     "save_side_file",
+    "vault_path",
     "write_answers",
 ]
 
@@ -53,8 +54,10 @@ class Layout:
     """How answers are written.
 
     Attributes:
-        base: The folder of the canvas being written; document paths in the
-            canvas are relative to it.
+        base: The vault root (the folder holding ``.obsidian/``), or the
+            folder of the canvas being written when it is in no vault;
+            document paths in the canvas are relative to it, as Obsidian
+            resolves them.
         folder: Where the documents go.
         inline: The whole answer goes in the card; no document.
     """
@@ -105,11 +108,13 @@ def _document(folder: Path, stem: str, content: str) -> Path:
     """
     data = content.encode("utf-8")
     for candidate in _names(folder, stem, ".md"):
-        if not candidate.exists():
-            candidate.write_bytes(data)
+        try:
+            with open(candidate, "xb") as handle:  # exclusive: two runs never share a name
+                handle.write(data)
             return candidate
-        if candidate.read_bytes() == data:
-            return candidate
+        except FileExistsError:
+            if candidate.read_bytes() == data:
+                return candidate
     raise AssertionError("unreachable: the names never run out")  # pragma: no cover
 
 
@@ -120,12 +125,38 @@ def _preview(text: str, lines: int = PREVIEW_LINES, chars: int = PREVIEW_CHARS) 
     return preview if len(preview) <= chars else preview[: chars - 1].rstrip() + "…"
 
 
-def _relative(path: Path, start: Path) -> str:
-    return Path(os.path.relpath(path, start)).as_posix()
+def vault_path(path: Path, base: Path, *, strict: bool = True) -> str:
+    """A file node's path: ``path`` from ``base`` (the vault root), forward slashes.
+
+    Args:
+        path: The file.
+        base: The vault root (or the canvas's folder outside any vault).
+        strict: Refuse a path outside ``base``; otherwise it starts with ``..``.
+
+    Raises:
+        ValueError: ``path`` is not inside ``base`` and ``strict`` is true.
+    """
+    real, start = os.path.realpath(path), os.path.realpath(base)
+    if strict:
+        return Path(real).relative_to(start).as_posix()
+    return Path(os.path.relpath(real, start)).as_posix()
 
 
-def _box(node: Node) -> _Box:
+def _box(node: Node | Rect) -> _Box:
+    if isinstance(node, Rect):
+        return (node.x, node.y, node.width, node.height)
     return (node["x"], node["y"], node["width"], node["height"])
+
+
+def _earlier_answer(canvas: Canvas, note_id: str) -> Rect | None:
+    """The lowest answer card already linked from a note, if any."""
+    cards = [
+        node_rect(node)
+        for edge in canvas.outgoing(note_id)
+        if (node := canvas.get_node(edge["toNode"])) is not None
+        and node.get("color") == ANSWER_COLOR
+    ]
+    return max(cards, key=lambda rect: rect.y, default=None)
 
 
 def _clear_places(
@@ -143,7 +174,9 @@ def _clear_places(
         old = replacing.get(result["task_id"])
         if result["status"] != "success" or old is None:
             continue
-        card = canvas.node(old.card_id)
+        card = canvas.get_node(old.card_id)
+        if card is None:  # removed by hand while the agents worked
+            continue
         file_node = canvas.get_node(old.file_id) if old.file_id else None
         places[result["task_id"]] = (
             _box(card),
@@ -163,11 +196,11 @@ def write_answers(
     topics: Mapping[str, str],
     layout: Layout,
     replacing: Mapping[str, KnownAnswer] | None = None,
-) -> None:
+) -> list[str]:
     """Write the documents, then add the answer cards and edges to the canvas.
 
     Each successful result (``task_id``, ``node_id``, ``agent``, ``answer``)
-    gains ``document`` (its path relative to ``layout.base``), ``blue_node_id``,
+    gains ``document`` (its path from ``layout.base``, see :func:`vault_path`), ``blue_node_id``,
     ``file_node_id`` and, when it took an old answer's place, ``replaced_node_id``.
 
     Args:
@@ -177,12 +210,24 @@ def write_answers(
         topics: Note id -> its topic, for the documents' titles and names.
         layout: Where and how to write.
         replacing: Task id -> the old answer whose place the new one takes.
+
+    Returns:
+        The task ids of the answers not written because their note is no
+        longer on the canvas (deleted while the agents worked).
     """
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
-    places = _clear_places(canvas, results, replacing or {})
-    row_end: dict[str, Node] = {}
+    gone = [
+        r["task_id"]
+        for r in results
+        if r["status"] == "success" and canvas.get_node(r["node_id"]) is None
+    ]
+    places = _clear_places(
+        canvas, [r for r in results if r["task_id"] not in gone], replacing or {}
+    )
+    placer = canvas.placer()
+    last: dict[str, Rect] = {}
     for result in results:
-        if result["status"] != "success":
+        if result["status"] != "success" or result["task_id"] in gone:
             continue
         note_id, agent, answer = result["node_id"], result["agent"], str(result["answer"])
         document: Path | None = None
@@ -198,29 +243,30 @@ def write_answers(
                 f"{_slug(topic)}-{agent}",
                 f"# {topic}\n\n*{agent}*\n\n{answer.strip()}\n",
             )
-            result["document"] = _relative(document, layout.base)
+            result["document"] = vault_path(document, layout.base, strict=False)
             text = f"**{agent}** · {stamp}\n\n{_preview(answer)}"
             size = CARD_SIZE
         place = places.get(result["task_id"])
+        note = node_rect(canvas.node(note_id))
         if place is not None:
             (x, y, width, height), file_box, result["replaced_node_id"] = place
             card = canvas.add_text_node(text, x, y, width, height, color=ANSWER_COLOR)
         else:
-            # A note's further answers go on along its row, right of the previous one.
-            x, y = canvas.find_free_spot(row_end.get(note_id, note_id), *size)
-            card = canvas.add_text_node(text, x, y, size[0], size[1], color=ANSWER_COLOR)
-            row_end[note_id] = card
+            # A note's further answers go beside or below its previous one.
+            near = last.get(note_id) or _earlier_answer(canvas, note_id)
+            spot = placer.place(note, *size, near=near)
+            card = canvas.add_text_node(text, *spot, color=ANSWER_COLOR)
+            last[note_id] = spot
             file_box = None
         canvas.add_edge(note_id, card["id"], label=agent)
         result["blue_node_id"] = card["id"]
         if document is not None:
             if file_box is None:
-                file_box = (*canvas.find_free_spot(card, *FILE_SIZE), *FILE_SIZE)
+                file_box = _box(placer.place(node_rect(card), *FILE_SIZE))
             file_node = canvas.add_file_node(str(result["document"]), *file_box)
             canvas.add_edge(card["id"], file_node["id"])
             result["file_node_id"] = file_node["id"]
-            if place is None:
-                row_end[note_id] = file_node
+    return gone
 
 
 def save_side_file(

@@ -191,6 +191,7 @@ def _isolated_environment(
     monkeypatch.setenv("LLM_USER_PATH", str(tmp_path_factory.mktemp("llm-user")))
     monkeypatch.setenv("COMMAND_HANDLERS_LOAD_PLUGINS", "")
     monkeypatch.delenv("TEST_AGENT_TOUCH", raising=False)
+    monkeypatch.delenv("TEST_AGENT_SPOIL", raising=False)
     monkeypatch.delenv("INTELLIGENT_PARALLEL_CONFIG", raising=False)
 
 
@@ -269,7 +270,8 @@ def run_script() -> Callable[..., subprocess.CompletedProcess[str]]:
 #: An agent program for --agent-command. Arguments: the call log and the folder for stdin
 #: dumps. It logs "<agent>\t<learner's understanding>" per call, keeps its whole stdin in a
 #: file named after a hash of it, fails for a note saying PLEASE FAIL, waits for a note
-#: saying PLEASE WAIT (until killed), and touches the file TEST_AGENT_TOUCH names, if set.
+#: saying PLEASE WAIT (until killed), and touches the file TEST_AGENT_TOUCH names, if set
+#: (TEST_AGENT_SPOIL: overwrites it with text that is no canvas).
 AGENT_PROGRAM = r"""
 import hashlib
 import os
@@ -291,6 +293,9 @@ touch = os.environ.get("TEST_AGENT_TOUCH")
 if touch:
     with open(touch, "ab") as handle:
         handle.write(b"\n")
+spoil = os.environ.get("TEST_AGENT_SPOIL")
+if spoil:
+    Path(spoil).write_text("not a canvas", encoding="utf-8")
 if "PLEASE FAIL" in understanding:
     print("failing on purpose [/oops] [bold]", file=sys.stderr)  # not rich markup
     sys.exit(1)
