@@ -147,9 +147,14 @@ def test_execute_runs_synchronously(canvas: Path) -> None:
         "cancelled": 0,
         "skipped_answered": 0,
     }
-    # The echo model counts words: the totals are the sums of the tasks' usage.
+    # The echo model counts words: the totals are the sums of the tasks' usage
+    # (llm-echo releases before usage, on Python 3.9, say nothing: no totals).
     for key, total in tokens.items():
-        assert total == sum(task["usage"][key] for task in result["results"]) > 0
+        usages = [task["usage"] for task in result["results"]]
+        if None in usages:
+            assert total == 0
+        else:
+            assert total == sum(usage[key] for usage in usages) > 0
     assert len(result["results"]) == 2
     for task in result["results"]:
         assert set(task) >= RESULT_KEYS

@@ -123,7 +123,8 @@ async def test_echo_answer_holds_the_prompt_and_the_system_prompt() -> None:
     prompt = "Explain recursion.\n\n$(touch pwned) `id`; rm -rf x"
     result = await executor(task(prompt, agent="oral-explanation"))
     assert set(result) == {"text", "agent", "model", "usage"}
-    assert set(result["usage"]) == {"input_tokens", "output_tokens"}
+    # llm-echo releases before usage (on Python 3.9) report none.
+    assert result["usage"] is None or set(result["usage"]) == {"input_tokens", "output_tokens"}
     assert result["agent"] == "oral-explanation"
     assert result["model"] == ECHO_MODEL
     request = echoed(result)

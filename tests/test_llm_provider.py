@@ -30,7 +30,15 @@ from command_handlers.default_plugins.llm_agents import OPENAI_ADAPTER_LLM, Open
 from command_handlers.plugins import AsyncTask, get_plugin_manager, run_tasks
 from command_handlers.settings import Settings
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [
+    pytest.mark.timeout(30),
+    # The llm releases that install on Python 3.9 (up to 0.27) have no async OpenAI
+    # models nor usage: the real provider path is tested where llm 0.36 installs.
+    pytest.mark.skipif(
+        llm_agents._llm_release() < OPENAI_ADAPTER_LLM,
+        reason="the installed llm predates the OpenAI path this module tests",
+    ),
+]
 
 KEY = "sk-local"
 
