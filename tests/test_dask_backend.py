@@ -14,13 +14,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from dask_cluster import worker_pids
 
-distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
 
 from command_handlers import hookimpl  # noqa: E402
@@ -43,32 +43,6 @@ pytestmark = pytest.mark.timeout(60)
 
 # Worker processes cannot import this test module: its agents travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    """A scheduler in this process and two worker processes, 8 call slots each."""
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=8,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":0",
-    ) as local:
-        yield local
-
-
-@pytest.fixture
-def address(cluster: Any) -> str:
-    """The scheduler's address, once both workers are up (after a test killed one)."""
-    with distributed.Client(cluster.scheduler_address, timeout=20) as client:
-        client.wait_for_workers(2, timeout=30)
-    return str(cluster.scheduler_address)
-
-
-def worker_pids(address: str) -> set[int]:
-    with distributed.Client(address, timeout=20) as client:
-        return set(client.run(os.getpid).values())
 
 
 class Sleeper:

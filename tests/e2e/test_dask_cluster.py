@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from dask_cluster import distributed, worker_pids
 
 from .conftest import CliResult
 from .test_reliability import (
@@ -32,8 +33,6 @@ from .test_reliability import (
     task_id,
     watchdog,
 )
-
-distributed = pytest.importorskip("distributed")
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -62,31 +61,6 @@ with log.open("a", encoding="utf-8") as handle:
     handle.write(f"{os.getppid()}\t{started!r}\t{time.time()!r}\t{understanding}\n")
 print(f"ANSWER: {understanding}")
 """
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    """A scheduler in this process and two worker processes, 8 call slots each."""
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=8,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":0",
-    ) as local:
-        yield local
-
-
-@pytest.fixture
-def address(cluster: Any) -> str:
-    with distributed.Client(cluster.scheduler_address, timeout=20) as client:
-        client.wait_for_workers(2, timeout=30)
-    return str(cluster.scheduler_address)
-
-
-def worker_pids(address: str) -> set[int]:
-    with distributed.Client(address, timeout=20) as client:
-        return set(client.run(os.getpid).values())
 
 
 def busy_workers(client: Any) -> list[str]:
