@@ -17,12 +17,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
-
-from rich.console import Console
-from rich.markup import escape
-from rich.prompt import Confirm
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, Callable
 
 from command_handlers import __version__
 from command_handlers.config_file import ConfigError, find_config, read_config
@@ -42,6 +37,9 @@ from command_handlers.plugins import (
 )
 from command_handlers.settings import DEFAULT_COLOR_MAP
 from command_handlers.slash_command import CanvasNotFoundError, find_canvas, install_slash_command
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["build_parser", "main"]
 
@@ -449,6 +447,8 @@ def print_plan(console: Console, plan: Mapping[str, Any]) -> None:
     forced, waiting = bool(plan.get("forced")), bool(plan["follow_edges"])
     columns = ["to run", "new", "changed"] + ["forced"] * forced + ["skipped"]
     columns += ["waiting on other notes"] * waiting
+    from rich.table import Table  # pylint: disable=import-outside-toplevel  # rich when drawn
+
     table = Table(title="Plan", title_justify="left")
     table.add_column("agent")
     for column in columns:
@@ -484,6 +484,8 @@ def _plural(count: int, word: str) -> str:
 
 
 def _print_summary(console: Console, result: CommandResult) -> None:
+    from rich.markup import escape  # pylint: disable=import-outside-toplevel  # rich when drawn
+
     stats = result.stats
     asked = stats["total_nodes"] - stats["skipped_answered"]
     docs, cards, errors = stats["generated_docs"], stats["created_blue_nodes"], stats["errors"]
@@ -514,6 +516,8 @@ def _print_summary(console: Console, result: CommandResult) -> None:
 def _confirm(console: Console, signals: _Signals) -> Any:
     def ask(plan: Mapping[str, Any]) -> bool:
         print_plan(console, plan)
+        from rich.prompt import Confirm  # pylint: disable=import-outside-toplevel
+
         with signals.prompting():
             return Confirm.ask("Call the agents?", default=False, console=console)
 
@@ -560,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         args = parser.parse_args(argv)
         args.canvas_file = canvas_file
-    console = Console(stderr=True, quiet=args.quiet)
+    console = _console(quiet=args.quiet)
     interactive = sys.stdin.isatty() and console.is_terminal and not args.json
     signals = _Signals(console, args.grace)
     handler = IntelligentParallelCommandHandler(
@@ -571,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_report(args.report)
         result = asyncio.run(_run_with_signals(handler, signals, args))
     except CommandInputError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _print_error(console, exc)
         if args.quiet:
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -587,10 +591,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _finish(console, args, result, signals.exit_code)
 
 
+def _console(*, quiet: bool = False) -> Console:
+    """A rich console on stderr; ``rich`` is imported here, when something is drawn."""
+    from rich.console import Console  # pylint: disable=import-outside-toplevel,redefined-outer-name
+
+    return Console(stderr=True, quiet=quiet)
+
+
+def _print_error(console: Console, exc: Exception) -> None:
+    from rich.markup import escape  # pylint: disable=import-outside-toplevel
+
+    console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
 def _error(exc: Exception) -> None:
-    Console(stderr=True).print(
-        f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-    )
+    _print_error(_console(), exc)
 
 
 def _list_plugins(args: argparse.Namespace) -> int:
@@ -793,6 +808,8 @@ def _none_of(colors: Sequence[str]) -> str:
 def _finish(
     console: Console, args: argparse.Namespace, result: CommandResult, interrupted_code: int
 ) -> int:
+    from rich.markup import escape  # pylint: disable=import-outside-toplevel  # rich when drawn
+
     if result.kind == "nothing-selected":
         console.print(f"{_none_of(args.colors or ['6'])}: nothing to do.", markup=False)
         return EXIT_OK
