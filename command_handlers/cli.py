@@ -20,26 +20,25 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable
 
 from command_handlers import __version__
-from command_handlers.config_file import ConfigError, find_config, read_config
-from command_handlers.intelligent_parallel import (
-    CommandInputError,
-    CommandResult,
-    IntelligentParallelCommandHandler,
-)
-from command_handlers.intelligent_parallel.options import Options
-from command_handlers.plugins import (
+from command_handlers.intelligent_parallel.options import (
     MAX_CONCURRENCY,
     MIN_CONCURRENCY,
-    PluginLoadError,
+    CommandInputError,
+    Options,
     check_limit,
-    get_plugin_manager,
-    list_plugins,
 )
 from command_handlers.settings import DEFAULT_COLOR_MAP
-from command_handlers.slash_command import CanvasNotFoundError, find_canvas, install_slash_command
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from command_handlers.intelligent_parallel import (
+        CommandResult,
+        IntelligentParallelCommandHandler,
+    )
+
+# The handler, the plugin layer, the config file's YAML and rich are imported
+# where they are used: --help and --version need none of them.
 
 __all__ = ["build_parser", "main"]
 
@@ -547,6 +546,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _install(parser, args)
     if args.user:
         parser.error("--user goes with --install-slash-command")
+    # pylint: disable=import-outside-toplevel  # what a run needs, after --help
+    from command_handlers.config_file import ConfigError, find_config, read_config
+    from command_handlers.intelligent_parallel import IntelligentParallelCommandHandler
+    from command_handlers.slash_command import CanvasNotFoundError, find_canvas
+
+    # pylint: enable=import-outside-toplevel
     canvas_file = args.canvas_file
     if canvas_file is None:
         try:
@@ -610,6 +615,9 @@ def _error(exc: Exception) -> None:
 
 def _list_plugins(args: argparse.Namespace) -> int:
     """Print one line per plugin: name, where it came from, module (--list-plugins)."""
+    # pylint: disable-next=import-outside-toplevel
+    from command_handlers.plugins import PluginLoadError, get_plugin_manager, list_plugins
+
     try:
         pm = get_plugin_manager(
             load_entry_points=not args.no_plugins,
@@ -626,6 +634,10 @@ def _list_plugins(args: argparse.Namespace) -> int:
 
 def _install(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Write the Claude Code command file (--install-slash-command [DIR] [--user] [--force])."""
+    from command_handlers.slash_command import (  # pylint: disable=import-outside-toplevel
+        install_slash_command,
+    )
+
     if args.canvas_file is not None:
         parser.error("--install-slash-command takes a folder, not a canvas file")
     if args.user and args.install_slash_command:
