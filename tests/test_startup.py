@@ -14,8 +14,11 @@ from typing import Any
 
 import pytest
 
-from command_handlers import cli, fileio
+import command_handlers
+from command_handlers import cli, fileio, intelligent_parallel
 from command_handlers.default_plugins import journal as journal_module
+from command_handlers.default_plugins import llm_agents, progress
+from command_handlers.settings import Settings
 
 #: Imported by a real call only: a command that calls no model must not pay for them.
 HEAVY = ("llm", "openai", "sqlite_utils", "pydantic")
@@ -145,3 +148,39 @@ def test_one_commit_per_outcome_and_one_for_the_written_marks(
         after = events[replaced:]
         assert sum(1 for e in after if e.startswith("UPDATE OUTCOMES")) == notes
         assert _commits(after) == 1
+
+
+def test_the_echo_model_is_not_looked_up_before_its_first_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked_up: list[str] = []
+    monkeypatch.setattr(llm_agents, "_get_model", looked_up.append)
+    folder = tmp_path / "agents"
+    folder.mkdir()
+    (folder / "tutor.md").write_text(
+        "---\nname: tutor\ndescription: Teaches.\nmodel: echo\n---\nTeach.\n", "utf-8"
+    )
+
+    assert llm_agents.check_settings(Settings(agents_dirs=(folder,))) == llm_agents.ECHO_NOTICE
+    assert looked_up == []
+    # An agent asking for echo under another run model: only the run model is looked up.
+    llm_agents.check_settings(Settings(model="other", agents_dirs=(folder,)))
+    assert looked_up == ["other"]
+
+
+@pytest.mark.parametrize("module", [command_handlers, intelligent_parallel, progress])
+def test_lazy_modules_still_refuse_unknown_names(module: Any) -> None:
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        getattr(module, "no_such_name")  # noqa: B009  # the name is the point
+
+
+def test_lazy_names_are_the_real_ones() -> None:
+    from command_handlers.default_plugins.progress_display import ProgressDisplay
+    from command_handlers.intelligent_parallel.handler import IntelligentParallelCommandHandler
+    from command_handlers.plugins import run_tasks
+
+    assert progress.ProgressDisplay is ProgressDisplay
+    assert intelligent_parallel.IntelligentParallelCommandHandler is (
+        IntelligentParallelCommandHandler
+    )
+    assert command_handlers.run_tasks is run_tasks
