@@ -1,17 +1,30 @@
-"""Benchmark of the ``/intelligent-parallel`` command with a fake model, and of canvas I/O.
+"""Benchmark of the ``/intelligent-parallel`` command: start-up, cost per note, makespan, I/O.
 
-Measures, in one run of this script:
+Measures, in one run of this script (``--only`` picks sections):
 
-1. the makespan of the real handler (``IntelligentParallelCommandHandler().run``
-   with ``auto`` and ``max`` 12) on generated canvases of N notes (N red
-   question nodes, each linked to a learner's note of colour "6"), when every
-   agent call is a fake model answering after a fixed latency; the bound is
-   ``ceil(N / 12) * latency`` plus the canvas I/O of that run (reading the
-   input canvas, writing the answered one with its backup), timed on the same
-   files apart from the run. Target: makespan within 10 % of the bound;
-2. reading (``read_canvas``) and writing (``save_canvas``, with and without the
-   ``.bak`` backup) a generated canvas of 10,000 nodes and about 10,000 edges,
-   best of 5. Target: each under 100 ms.
+1. ``startup``: the CPU time (user + system, ``getrusage(RUSAGE_CHILDREN)``,
+   so other load on the machine barely moves it) of whole processes, median of
+   7: ``--help``, ``--version`` and a dry run of a 1-note canvas, beside
+   ``python -c pass`` and ``python -c "import argparse, json, pluggy, yaml"``.
+   Goal: ``--help`` at most 3x the import line;
+2. ``scale``: the same CPU time of echo runs (``-a -q --no-plugins``: the
+   offline echo model, a document per answer, the journal, the atomic save) of
+   1, 1,000, 2,000 and 8,000 notes, with ``--no-journal`` at 2,000, and of a
+   plain-Python script doing the same file work (``PLAIN_SCRIPT``), median of 3.
+   The cost per note of N notes is ``(CPU(N) - CPU(1)) / (N - 1)``. Goals: at
+   8,000 notes at most 1.2x the cost at 1,000; at 2,000 at most 2.5x the plain
+   script's; the journal at most 15 % of a 2,000-note run;
+3. ``makespan``: the makespan of the real handler
+   (``IntelligentParallelCommandHandler().run`` with ``auto`` and ``max`` 12)
+   on generated canvases of N notes (N red question nodes, each linked to a
+   learner's note of colour "6"), when every agent call is a fake model
+   answering after a fixed latency; the bound is ``ceil(N / 12) * latency``
+   plus the canvas I/O of that run (reading the input canvas, writing the
+   answered one with its backup), timed on the same files apart from the run.
+   Target: makespan within 10 % of the bound;
+4. ``io``: reading (``read_canvas``) and writing (``save_canvas``, with and
+   without the ``.bak`` backup) a generated canvas of 10,000 nodes and about
+   10,000 edges, best of 5. Target: each under 100 ms.
 
 The fake model is a plugin handed to the handler (``plugins=[...]``) that
 registers, with ``override=True``, an executor for each agent of the default
@@ -22,12 +35,17 @@ the answer cards, the Markdown documents and the atomic save.
 
 Usage::
 
-    python benchmarks/bench_command.py [--latency 0.5] [--sizes 10,20,50]
+    python benchmarks/bench_command.py [--only startup,scale,makespan,io]
+                                       [--startup-repeats 7]
+                                       [--scale-sizes 1000,2000,8000]
+                                       [--scale-repeats 3]
+                                       [--latency 0.5] [--sizes 10,20,50]
                                        [--repeats 3] [--io-nodes 10000]
                                        [--io-repeats 5] [--quick] [--json FILE]
 
-``--quick`` is a smoke run: latency 0.1 s, sizes 10 and 20, one repeat, a
-2,000-node canvas for I/O. The exit status is 0 whatever the figures.
+``--quick`` is a smoke run: start-up median of 3; echo runs of 1,000 and
+2,000 notes, once; latency 0.1 s, sizes 10 and 20, one repeat; a 2,000-node
+canvas for I/O. The exit status is 0 whatever the figures: it is a report.
 """
 
 from __future__ import annotations

@@ -163,9 +163,14 @@ def test_the_echo_model_is_not_looked_up_before_its_first_call(
 
     assert llm_agents.check_settings(Settings(agents_dirs=(folder,))) == llm_agents.ECHO_NOTICE
     assert looked_up == []
-    # An agent asking for echo under another run model: only the run model is looked up.
+    # An agent asking for echo under another run model: only the run model is looked up;
+    # two agents asking for one model: looked up once.
+    for name in ("coach", "critic"):
+        (folder / f"{name}.md").write_text(
+            f"---\nname: {name}\ndescription: Helps.\nmodel: shared\n---\nHelp.\n", "utf-8"
+        )
     llm_agents.check_settings(Settings(model="other", agents_dirs=(folder,)))
-    assert looked_up == ["other"]
+    assert looked_up == ["other", "shared"]
 
 
 @pytest.mark.parametrize("module", [command_handlers, intelligent_parallel, progress])
