@@ -59,7 +59,7 @@ def vault_canvas(folder: Path, notes: int) -> Path:
 
 def loaded_by(*args: str, cwd: Path) -> dict[str, Any]:
     """Run the command line in a fresh interpreter; which of the heavy modules it imported."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("COVERAGE")}
+    env = dict(os.environ)
     env["COMMAND_HANDLERS_LOAD_PLUGINS"] = ""  # installed plugins import what they like
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, *args],
