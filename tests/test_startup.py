@@ -189,3 +189,18 @@ def test_lazy_names_are_the_real_ones() -> None:
         IntelligentParallelCommandHandler
     )
     assert command_handlers.run_tasks is run_tasks
+
+
+def test_a_results_repr_does_not_grow_with_its_tasks() -> None:
+    # asyncio.run formats the main task, result included, when it restores its
+    # Ctrl-C handler at the end of every command.
+    from command_handlers.intelligent_parallel.result import CommandResult
+
+    def result(tasks: int) -> CommandResult:
+        rows = [{"task_id": f"t{i}", "answer": "x" * 200} for i in range(tasks)]
+        return CommandResult(
+            kind="ran", session_id="s", success=True, results=rows, skipped=rows, report={"r": rows}
+        )
+
+    assert len(repr(result(1_000))) == len(repr(result(1)))
+    assert "task_id" not in repr(result(1))
