@@ -14,24 +14,64 @@ other module is internal unless its documentation says otherwise.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from command_handlers.hookspecs import hookimpl
-from command_handlers.plugins import (
-    AsyncTask,
-    DependencyCycleError,
-    DuplicateAgentError,
-    PluginLoadError,
-    RateLimit,
-    RetryPolicy,
-    RunPolicy,
-    TaskOutcome,
-    TaskTimeoutError,
-    UnknownAgentError,
-    get_plugin_manager,
-    run_tasks,
-)
-from command_handlers.settings import Settings
+if TYPE_CHECKING:
+    from command_handlers.hookspecs import hookimpl
+    from command_handlers.plugins import (
+        AsyncTask,
+        DependencyCycleError,
+        DuplicateAgentError,
+        PluginLoadError,
+        RateLimit,
+        RetryPolicy,
+        RunPolicy,
+        TaskOutcome,
+        TaskTimeoutError,
+        UnknownAgentError,
+        get_plugin_manager,
+        run_tasks,
+    )
+    from command_handlers.settings import Settings
+
+# Imported at first use: ``intelligent-parallel --help`` needs none of them, and the
+# plugin layer brings the engine and asyncio with it.
+_LAZY = {
+    "hookimpl": "command_handlers.hookspecs",
+    "Settings": "command_handlers.settings",
+    **dict.fromkeys(
+        (
+            "AsyncTask",
+            "DependencyCycleError",
+            "DuplicateAgentError",
+            "PluginLoadError",
+            "RateLimit",
+            "RetryPolicy",
+            "RunPolicy",
+            "TaskOutcome",
+            "TaskTimeoutError",
+            "UnknownAgentError",
+            "get_plugin_manager",
+            "run_tasks",
+        ),
+        "command_handlers.plugins",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module at the name's first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # pylint: disable=import-outside-toplevel
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AsyncTask",

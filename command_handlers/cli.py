@@ -17,31 +17,28 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
-
-from rich.console import Console
-from rich.markup import escape
-from rich.prompt import Confirm
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, Callable
 
 from command_handlers import __version__
-from command_handlers.config_file import ConfigError, find_config, read_config
-from command_handlers.intelligent_parallel import (
-    CommandInputError,
-    CommandResult,
-    IntelligentParallelCommandHandler,
-)
-from command_handlers.intelligent_parallel.options import Options
-from command_handlers.plugins import (
+from command_handlers.intelligent_parallel.options import (
     MAX_CONCURRENCY,
     MIN_CONCURRENCY,
-    PluginLoadError,
+    CommandInputError,
+    Options,
     check_limit,
-    get_plugin_manager,
-    list_plugins,
 )
 from command_handlers.settings import DEFAULT_COLOR_MAP
-from command_handlers.slash_command import CanvasNotFoundError, find_canvas, install_slash_command
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from command_handlers.intelligent_parallel import (
+        CommandResult,
+        IntelligentParallelCommandHandler,
+    )
+
+# The handler, the plugin layer, the config file's YAML and rich are imported
+# where they are used: --help and --version need none of them.
 
 __all__ = ["build_parser", "main"]
 
@@ -449,6 +446,8 @@ def print_plan(console: Console, plan: Mapping[str, Any]) -> None:
     forced, waiting = bool(plan.get("forced")), bool(plan["follow_edges"])
     columns = ["to run", "new", "changed"] + ["forced"] * forced + ["skipped"]
     columns += ["waiting on other notes"] * waiting
+    from rich.table import Table  # pylint: disable=import-outside-toplevel  # rich when drawn
+
     table = Table(title="Plan", title_justify="left")
     table.add_column("agent")
     for column in columns:
@@ -484,6 +483,8 @@ def _plural(count: int, word: str) -> str:
 
 
 def _print_summary(console: Console, result: CommandResult) -> None:
+    from rich.markup import escape  # pylint: disable=import-outside-toplevel  # rich when drawn
+
     stats = result.stats
     asked = stats["total_nodes"] - stats["skipped_answered"]
     docs, cards, errors = stats["generated_docs"], stats["created_blue_nodes"], stats["errors"]
@@ -514,6 +515,8 @@ def _print_summary(console: Console, result: CommandResult) -> None:
 def _confirm(console: Console, signals: _Signals) -> Any:
     def ask(plan: Mapping[str, Any]) -> bool:
         print_plan(console, plan)
+        from rich.prompt import Confirm  # pylint: disable=import-outside-toplevel
+
         with signals.prompting():
             return Confirm.ask("Call the agents?", default=False, console=console)
 
@@ -543,6 +546,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _install(parser, args)
     if args.user:
         parser.error("--user goes with --install-slash-command")
+    # pylint: disable=import-outside-toplevel  # what a run needs, after --help
+    from command_handlers.config_file import ConfigError, find_config, read_config
+    from command_handlers.intelligent_parallel import IntelligentParallelCommandHandler
+    from command_handlers.slash_command import CanvasNotFoundError, find_canvas
+
+    # pylint: enable=import-outside-toplevel
     canvas_file = args.canvas_file
     if canvas_file is None:
         try:
@@ -560,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         args = parser.parse_args(argv)
         args.canvas_file = canvas_file
-    console = Console(stderr=True, quiet=args.quiet)
+    console = _console(quiet=args.quiet)
     interactive = sys.stdin.isatty() and console.is_terminal and not args.json
     signals = _Signals(console, args.grace)
     handler = IntelligentParallelCommandHandler(
@@ -571,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_report(args.report)
         result = asyncio.run(_run_with_signals(handler, signals, args))
     except CommandInputError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _print_error(console, exc)
         if args.quiet:
             print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -587,14 +596,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _finish(console, args, result, signals.exit_code)
 
 
+def _console(*, quiet: bool = False) -> Console:
+    """A rich console on stderr; ``rich`` is imported here, when something is drawn."""
+    from rich.console import Console  # pylint: disable=import-outside-toplevel,redefined-outer-name
+
+    return Console(stderr=True, quiet=quiet)
+
+
+def _print_error(console: Console, exc: Exception) -> None:
+    from rich.markup import escape  # pylint: disable=import-outside-toplevel
+
+    console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
 def _error(exc: Exception) -> None:
-    Console(stderr=True).print(
-        f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-    )
+    _print_error(_console(), exc)
 
 
 def _list_plugins(args: argparse.Namespace) -> int:
     """Print one line per plugin: name, where it came from, module (--list-plugins)."""
+    # pylint: disable-next=import-outside-toplevel
+    from command_handlers.plugins import PluginLoadError, get_plugin_manager, list_plugins
+
     try:
         pm = get_plugin_manager(
             load_entry_points=not args.no_plugins,
@@ -611,6 +634,10 @@ def _list_plugins(args: argparse.Namespace) -> int:
 
 def _install(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Write the Claude Code command file (--install-slash-command [DIR] [--user] [--force])."""
+    from command_handlers.slash_command import (  # pylint: disable=import-outside-toplevel
+        install_slash_command,
+    )
+
     if args.canvas_file is not None:
         parser.error("--install-slash-command takes a folder, not a canvas file")
     if args.user and args.install_slash_command:
@@ -793,6 +820,8 @@ def _none_of(colors: Sequence[str]) -> str:
 def _finish(
     console: Console, args: argparse.Namespace, result: CommandResult, interrupted_code: int
 ) -> int:
+    from rich.markup import escape  # pylint: disable=import-outside-toplevel  # rich when drawn
+
     if result.kind == "nothing-selected":
         console.print(f"{_none_of(args.colors or ['6'])}: nothing to do.", markup=False)
         return EXIT_OK

@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from command_handlers import hookimpl
-from command_handlers.default_plugins import progress
+from command_handlers.default_plugins import progress_display
 from command_handlers.default_plugins.progress import MODES, ProgressDisplay
 from command_handlers.plugins import AsyncTask, TaskOutcome, get_plugin_manager, run_tasks
 from command_handlers.settings import Settings
@@ -36,7 +36,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(progress, "time", fake)
+    monkeypatch.setattr(progress_display, "time", fake)
     return fake
 
 

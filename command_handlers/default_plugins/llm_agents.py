@@ -550,23 +550,31 @@ def _models_used(settings: Settings) -> dict[str, Any]:
 
     Returns:
         Model id -> the ``llm`` model, each looked up once (a look-up registers
-        every plugin's models again: tenths of a second).
+        every plugin's models again: tenths of a second). The echo model is
+        never looked up here: ``llm-echo`` is a dependency, offline and keyless,
+        so a run that only echoes (a dry run above all) never imports ``llm``
+        before its first call.
 
     Raises:
         ValueError: ``llm`` knows no model ``settings.model``.
     """
     run_model = run_model_id(settings)
-    found: dict[str, Any] = {run_model: _get_model(run_model)}
+    found: dict[str, Any] = {}
+    if run_model != ECHO_MODEL:
+        found[run_model] = _get_model(run_model)
     used = {run_model} if settings.route == "model" else set()
     unknown: set[str] = set()
     for agent in load_agents(settings.agents_dirs).values():
         wanted = agent.model
-        if wanted is not None and wanted not in found and wanted not in unknown:
+        if wanted is None or wanted == ECHO_MODEL:
+            used.add(wanted or run_model)
+            continue
+        if wanted not in found and wanted not in unknown:
             try:
                 found[wanted] = _get_model(wanted)
             except ValueError:
                 unknown.add(wanted)
-        used.add(wanted if wanted is not None and wanted in found else run_model)
+        used.add(wanted if wanted in found else run_model)
     return {model_id: model for model_id, model in found.items() if model_id in used}
 
 

@@ -11,8 +11,33 @@
 * :mod:`.handler`: the origin's ``IntelligentParallelCommandHandler``.
 """
 
-from command_handlers.intelligent_parallel.handler import IntelligentParallelCommandHandler
-from command_handlers.intelligent_parallel.options import CommandInputError
-from command_handlers.intelligent_parallel.result import CommandResult
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from command_handlers.intelligent_parallel.handler import IntelligentParallelCommandHandler
+    from command_handlers.intelligent_parallel.options import CommandInputError
+    from command_handlers.intelligent_parallel.result import CommandResult
 
 __all__ = ["CommandInputError", "CommandResult", "IntelligentParallelCommandHandler"]
+
+# Imported at first use, so that importing one step (``.options`` for the
+# command line's defaults) does not import the handler and everything it runs.
+_LAZY = {
+    "CommandInputError": "command_handlers.intelligent_parallel.options",
+    "CommandResult": "command_handlers.intelligent_parallel.result",
+    "IntelligentParallelCommandHandler": "command_handlers.intelligent_parallel.handler",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module at the name's first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # pylint: disable=import-outside-toplevel
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -7,25 +7,22 @@ one per command-line option, ``docs/cli.md``) into checked values, and raises
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from command_handlers.canvas import DEFAULT_MAX_BYTES
-from command_handlers.plugins import (
+# The limits alone, not the engine: the command line's --help reads these defaults.
+from command_handlers._engine.limits import (
     DEFAULT_CONCURRENCY,
     MAX_CONCURRENCY,
     MIN_CONCURRENCY,
-    RateLimit,
-    RetryPolicy,
-    RunPolicy,
     check_limit,
 )
+from command_handlers.canvas import DEFAULT_MAX_BYTES
 from command_handlers.settings import (
     DEFAULT_COLOR_MAP,
     DEFAULT_MAX_ANSWER_BYTES,
@@ -35,7 +32,19 @@ from command_handlers.settings import (
     Settings,
 )
 
-__all__ = ["CommandInputError", "Options", "parse_color_map"]
+if TYPE_CHECKING:
+    import asyncio
+
+    from command_handlers.plugins import RunPolicy
+
+__all__ = [
+    "MAX_CONCURRENCY",
+    "MIN_CONCURRENCY",
+    "CommandInputError",
+    "Options",
+    "check_limit",
+    "parse_color_map",
+]
 
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -159,6 +168,9 @@ class Options:
 
     def policy(self, stop: asyncio.Event | None) -> RunPolicy:
         """The engine's policy: timeouts, retries, rates, fail-fast, stop."""
+        # pylint: disable-next=import-outside-toplevel  # the engine, when a run starts
+        from command_handlers.plugins import RetryPolicy, RunPolicy
+
         return RunPolicy(
             task_timeout=self.timeout,
             retry=RetryPolicy(
@@ -307,6 +319,8 @@ def _seconds(value: Any, what: str) -> float:
 
 
 def _check_rate(text: str) -> str:
+    from command_handlers.plugins import RateLimit  # pylint: disable=import-outside-toplevel
+
     try:
         RateLimit.parse(text)
     except ValueError as exc:

@@ -143,15 +143,18 @@ class CommandResult:
     notices: list[str] = field(default_factory=list)
     plan: dict[str, Any] | None = None
     stats: dict[str, int] = field(default_factory=make_stats)
-    results: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] | None = None
+    # Out of the repr: what grows with the notes. asyncio.run's SIGINT handler
+    # holds the main task, and restoring it reprs the task, its result with it
+    # (signal.signal's enum conversion): 0.1 s per 1,000 notes for nothing.
+    results: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    skipped: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    summary: dict[str, Any] | None = field(default=None, repr=False)
     canvas: str | None = None
     backup: str | None = None
     side_file: str | None = None
     interrupted: bool = False
     elapsed_seconds: float = 0.0
-    report: dict[str, Any] | None = None
+    report: dict[str, Any] | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """The origin's result dict (``success``, ``session_id``, ``stats``, ``results``...).
