@@ -53,6 +53,7 @@ from command_handlers.intelligent_parallel.plan import (
     replacing,
     skipped_pairs,
 )
+from command_handlers.intelligent_parallel.preflight import check_places, check_text
 from command_handlers.intelligent_parallel.prompt import Prerequisite, build_prompt
 from command_handlers.intelligent_parallel.result import (
     NOTHING_SELECTED,
@@ -394,6 +395,7 @@ class IntelligentParallelCommandHandler:
         _check_writable(canvas, opts)
         fingerprints = {name: registry.fingerprint(name) for name in registry.names}
         decide_all(notes, known, InputHashes(settings, fingerprints), force=opts.force)
+        check_places(canvas, opts, command.layout, notes)
         plan = make_plan(notes, opts, DEFAULT_DEPENDENCY_LIMIT)
         result = CommandResult("dry-run", self.session_id, True, notices=list(notices), plan=plan)
         if opts.dry_run:
@@ -641,9 +643,11 @@ def _refused_as_input(step: Callable[[], Any]) -> Any:
 
 def _load(canvas_path: str | os.PathLike[str], max_bytes: int) -> Canvas:
     try:
-        return read_canvas(canvas_path, max_bytes=max_bytes)
+        canvas = read_canvas(canvas_path, max_bytes=max_bytes)
     except CanvasError as exc:
         raise CommandInputError(str(exc)) from exc
+    check_text(canvas)
+    return canvas
 
 
 def _unmerged(
@@ -695,11 +699,16 @@ def _locked(target: Path | None) -> Iterator[None]:
     if not Path(os.path.realpath(target)).parent.is_dir():
         yield  # no folder to write into: the write check says so
         return
-    try:
-        with canvas_lock(target):
-            yield
-    except CanvasBusyError as exc:
-        raise CommandInputError(str(exc)) from exc
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(canvas_lock(target))
+        except CanvasBusyError as exc:
+            raise CommandInputError(str(exc)) from exc
+        except OSError as exc:  # a folder that cannot hold the lock file (or a link there)
+            raise CommandInputError(
+                f"cannot write the lock file beside {target}: {exc.strerror or exc}"
+            ) from exc
+        yield
 
 
 def _layout(canvas: Canvas, opts: Options) -> Layout:
