@@ -297,3 +297,25 @@ def test_megabyte_limits_must_be_finite() -> None:
 
 def test_the_canvas_read_is_the_canvas_checked(canvas: Path) -> None:
     preflight.check_text(read_canvas(canvas))
+
+
+class Failing:
+    """An agent failing with an error that tries to clear the screen."""
+
+    @hookimpl
+    def register_executors(self, register: Callable[..., None]) -> None:
+        async def answer(task: Any) -> dict[str, str]:
+            raise RuntimeError("\x1b[2J\x1b[Hcleared \x1b]0;title\x07screen")
+
+        register(AGENT, answer, override=True)
+
+
+def test_a_failed_note_is_named_and_its_error_given_without_escapes(vault: Path) -> None:
+    canvas = vault / "notes.canvas"
+    text = "\x1b[31mRed\x1b[0m note \x07here"
+    canvas.write_text(json.dumps({"nodes": [_note("n\x1b[1m1", text)]}), "utf-8")
+    handler = IntelligentParallelCommandHandler(plugins=[Failing()])
+    result = handler.execute(canvas, {"auto": True, "retries": 0})
+    (row,) = result["results"]
+    assert row["note"] == '"Red note here" (n1)'
+    assert row["error"] == "cleared screen"

@@ -80,6 +80,7 @@ from command_handlers.plugins import (
     notify,
     run_tasks,
 )
+from command_handlers.safe_text import strip_controls
 from command_handlers.settings import Settings
 
 __all__ = ["IntelligentParallelCommandHandler"]
@@ -687,10 +688,11 @@ def _drop_gone(
 
 def _named(note: Note) -> str:
     """A note as a person finds it on the canvas: its first words, then its id."""
-    words = " ".join(note.text.split()[:6])
+    words = " ".join(strip_controls(note.text).split()[:6])
     if len(words) > 40:
         words = words[:39] + "…"
-    return f'"{words}" ({note.node_id})'
+    # Printed on the terminal, from a canvas that may have come from anyone.
+    return f'"{words}" ({strip_controls(note.node_id)})'
 
 
 @contextlib.contextmanager

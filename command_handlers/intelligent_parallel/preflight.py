@@ -17,6 +17,7 @@ a real run, proven by creating and removing an empty hidden file in it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import stat
@@ -51,6 +52,12 @@ def check_text(canvas: Canvas) -> None:
         CommandInputError: A node, an edge or a canvas field holds such text;
             the message names it.
     """
+    try:  # all at once, in C: twice as fast as looking string by string
+        json.dumps(canvas.data, ensure_ascii=False, check_circular=False).encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return
     for kind, items in (("node", canvas.nodes), ("edge", canvas.edges)):
         for item in items:
             bad = _unwritable(item)

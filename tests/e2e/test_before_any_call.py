@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
+
 from tests.read_only import read_only
 
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -189,3 +191,20 @@ def test_escape_sequences_from_an_agent_reach_neither_the_terminal_nor_the_canva
     (document,) = (canvas_file.parent / "notes answers").iterdir()
     assert "\x1b" not in document.read_text(encoding="utf-8")
     assert "Bold answer link done" in document.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("lots", "must be a number of megabytes, got 'lots'"),
+        ("0", "must be a number of megabytes more than 0, got 0"),
+        ("inf", "must be a number of megabytes more than 0, got inf"),
+        ("nan", "must be a number of megabytes more than 0, got nan"),
+    ],
+)
+def test_a_bad_megabyte_limit_in_process(
+    run_cli: Callable[..., tuple[int, str, str]], canvas_file: Path, value: str, message: str
+) -> None:
+    code, _, err = run_cli(canvas_file, "--max-canvas-mb", value)
+    assert code == 2
+    assert f"argument --max-canvas-mb: {message}" in err

@@ -173,3 +173,14 @@ def test_the_same_option_is_taken_from_a_config_named_on_purpose(
         "report": tmp_path / "report.json",
     }.get(option)
     assert made is None or made.exists()
+
+
+def test_a_config_beside_the_canvas_setting_the_agent_command_in_process(
+    run_cli: Run, canvas_file: Path, agent_program: Any
+) -> None:
+    config = canvas_file.parent / ".intelligent-parallel.yaml"
+    config.write_text(f"agent-command: {json.dumps(agent_program.command)}\n", encoding="utf-8")
+    code, _, err = run_cli(canvas_file, "--auto")
+    assert code == 2
+    assert "may not set agent-command (it runs a program)" in " ".join(err.split())
+    assert agent_program.calls() == []
