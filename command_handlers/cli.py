@@ -778,6 +778,10 @@ def _check_report(report: str | None) -> None:
         raise CommandInputError(
             f"cannot write the report {report}: folder {path.parent} does not exist"
         )
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
+        raise CommandInputError(f"cannot write the report {report}: permission denied")
 
 
 #: The colour Obsidian's default theme shows for each preset (the file holds the number).

@@ -208,3 +208,32 @@ def test_a_bad_megabyte_limit_in_process(
     code, _, err = run_cli(canvas_file, "--max-canvas-mb", value)
     assert code == 2
     assert f"argument --max-canvas-mb: {message}" in err
+
+
+def test_a_report_that_could_not_be_written_is_refused_before_any_call(
+    run_script: Run, canvas_file: Path, agent_program: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    with read_only(folder):
+        line = refused(
+            run_script,
+            canvas_file,
+            agent_program,
+            "--agent-command",
+            agent_program.command,
+            "--report",
+            folder / "report.json",
+        )
+    assert line == f"error: cannot write the report {folder / 'report.json'}: permission denied"
+
+
+def test_a_read_only_report_in_process(
+    run_cli: Callable[..., tuple[int, str, str]], canvas_file: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    with read_only(folder):
+        code, _, err = run_cli(canvas_file, "--report", folder / "report.json")
+    assert code == 2
+    assert "permission denied" in err
