@@ -284,3 +284,13 @@ def test_control_characters_of_an_answer_reach_neither_card_nor_document(layout:
     assert card["text"].endswith("Bold answer\nsecond\tline")
     document = layout.base / results[0]["document"]
     assert document.read_text(encoding="utf-8").endswith("Bold answer\nsecond\tline\n")
+
+
+def test_a_side_file_name_taken_by_a_dangling_link_is_skipped(tmp_path: Path) -> None:
+    from command_handlers.intelligent_parallel.write_back import _fresh_path
+
+    outside = tmp_path / "outside.json"
+    (tmp_path / "notes.canvas.answers-1.json").symlink_to(outside)
+    assert _fresh_path(tmp_path, "notes.canvas.answers-1", ".json") == (
+        tmp_path / "notes.canvas.answers-1-2.json"
+    )

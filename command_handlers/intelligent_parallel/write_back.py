@@ -120,7 +120,8 @@ def _stem(topic: str, agent: str) -> str:
 
 
 def _fresh_path(folder: Path, stem: str, suffix: str) -> Path:
-    return next(path for path in _names(folder, stem, suffix) if not path.exists())
+    # lexists: a link to nothing is taken too, or the file would be written through it.
+    return next(path for path in _names(folder, stem, suffix) if not os.path.lexists(path))
 
 
 #: Create a document: never over an existing file, never through a symbolic link.
