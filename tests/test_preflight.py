@@ -313,9 +313,16 @@ class Failing:
 def test_a_failed_note_is_named_and_its_error_given_without_escapes(vault: Path) -> None:
     canvas = vault / "notes.canvas"
     text = "\x1b[31mRed\x1b[0m note \x07here"
-    canvas.write_text(json.dumps({"nodes": [_note("n\x1b[1m1", text)]}), "utf-8")
+    canvas.write_text(json.dumps({"nodes": [_note("n1", text)]}), "utf-8")
     handler = IntelligentParallelCommandHandler(plugins=[Failing()])
     result = handler.execute(canvas, {"auto": True, "retries": 0})
     (row,) = result["results"]
     assert row["note"] == '"Red note here" (n1)'
     assert row["error"] == "cleared screen"
+
+
+def test_a_node_id_holding_escapes_is_refused(vault: Path) -> None:
+    canvas = vault / "notes.canvas"
+    canvas.write_text(json.dumps({"nodes": [_note("n\x1b[2J1", "A note.")]}), "utf-8")
+    message = refused(canvas, "node id 'n\\x1b[2J1' holds control characters")
+    assert "\x1b" not in message

@@ -30,6 +30,7 @@ from command_handlers.intelligent_parallel.names import NAME_MAX, name_bytes
 from command_handlers.intelligent_parallel.notes import Note
 from command_handlers.intelligent_parallel.options import CommandInputError, Options
 from command_handlers.intelligent_parallel.write_back import Layout, document_path
+from command_handlers.safe_text import strip_controls
 
 __all__ = ["LONGEST_CANVAS_NAME", "check_places", "check_text"]
 
@@ -48,10 +49,19 @@ def check_text(canvas: Canvas) -> None:
     Args:
         canvas: The canvas read.
 
+    A node id holding control characters (terminal escapes) is refused too:
+    ids are printed as they are, in every progress line.
+
     Raises:
-        CommandInputError: A node, an edge or a canvas field holds such text;
-            the message names it.
+        CommandInputError: A node, an edge or a canvas field holds such text,
+            or a node id such characters; the message names it.
     """
+    for node in canvas.nodes:
+        node_id = str(node["id"])
+        if strip_controls(node_id) != node_id:  # it would reach the terminal in every line
+            raise CommandInputError(
+                f"node id {node_id!r} holds control characters: give the node another id"
+            )
     try:  # all at once, in C: twice as fast as looking string by string
         json.dumps(canvas.data, ensure_ascii=False, check_circular=False).encode("utf-8")
     except UnicodeEncodeError:
