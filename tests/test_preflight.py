@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from read_only import read_only
 
 from command_handlers import hookimpl
 from command_handlers.fileio import read_canvas
@@ -19,7 +20,6 @@ from command_handlers.intelligent_parallel import (
 from command_handlers.intelligent_parallel.options import Options
 from command_handlers.intelligent_parallel.write_back import document_path
 from command_handlers.plugins import LOAD_PLUGINS_ENV
-from tests.read_only import read_only
 
 AGENT = "clarification-path"
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-
-from tests.read_only import read_only
+from read_only import read_only
 
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
 
