@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -106,6 +107,16 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of megabytes, got {text!r}") from None
+    if not 0 < value < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number of megabytes more than 0, got {text}")
     return value
 
 
@@ -327,14 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     journal.add_argument(
         "--max-canvas-mb",
-        type=_positive_seconds,
+        type=_megabytes,
         default=_DEFAULTS.max_canvas_mb,
         metavar="MB",
         help=f"refuse canvases larger than this (default: {_DEFAULTS.max_canvas_mb:g})",
     )
     run.add_argument(
         "--max-answer-mb",
-        type=_positive_seconds,
+        type=_megabytes,
         default=_DEFAULTS.max_answer_mb,
         metavar="MB",
         help="an --agent-command call printing more than this fails"
@@ -563,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = find_config(args.config, canvas_file)
     if config is not None:
         try:
-            parser.set_defaults(**read_config(config, vars(args)))
+            parser.set_defaults(**read_config(config.path, vars(args), automatic=config.automatic))
         except ConfigError as exc:
             _error(exc)
             return EXIT_BAD_INPUT
@@ -794,6 +805,10 @@ def _check_report(report: str | None) -> None:
         raise CommandInputError(
             f"cannot write the report {report}: folder {path.parent} does not exist"
         )
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
+        raise CommandInputError(f"cannot write the report {report}: permission denied")
 
 
 #: The colour Obsidian's default theme shows for each preset (the file holds the number).

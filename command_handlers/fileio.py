@@ -170,7 +170,9 @@ def _take_lock(lock: Path) -> int:
                 with contextlib.suppress(OSError):
                     os.unlink(lock)  # stale: its run is gone
                 continue
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        # Never through a link: the lock file is truncated, and one planted in a
+        # shared folder could point at any file of the user's.
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         try:
             fcntl.lockf(  # pylint: disable=possibly-used-before-assignment  # not on Windows
                 fd, fcntl.LOCK_EX | fcntl.LOCK_NB

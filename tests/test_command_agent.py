@@ -293,6 +293,16 @@ def test_check_settings_refuses_a_program_not_on_path(tmp_path: Path) -> None:
         check_settings(Settings(agent_command=(missing,)))
 
 
+def test_check_settings_says_what_a_program_path_is_instead(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"is a folder \(--agent-command\)"):
+        check_settings(Settings(agent_command=(str(tmp_path),)))
+    plain = tmp_path / "plain.txt"
+    plain.write_text("not a program", encoding="utf-8")
+    plain.chmod(0o644)
+    with pytest.raises(ValueError, match=r"is not executable \(--agent-command\)"):
+        check_settings(Settings(agent_command=(str(plain), "-p")))
+
+
 def test_check_settings_through_the_hook_refuses_before_any_call(tmp_path: Path) -> None:
     pm = get_plugin_manager(load_entry_points=False)
     with pytest.raises(ValueError, match="no such program on PATH"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,77 @@ def test_a_card_holds_a_bounded_preview_of_a_huge_answer(layout: Layout) -> None
     assert len(preview) <= PREVIEW_CHARS
     assert preview.endswith("…")
     assert (layout.base / results[0]["document"]).stat().st_size > 5_000_000  # whole answer
+
+
+def test_a_name_taken_by_a_link_a_folder_or_a_fifo_is_skipped_never_written_through(
+    tmp_path: Path,
+) -> None:
+    from command_handlers.intelligent_parallel.write_back import _document
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "topic-agent.md").symlink_to(outside / "planted.md")  # dangling
+    same = outside / "same.md"
+    same.write_text("# T\n\nanswer\n", encoding="utf-8")
+    (docs / "topic-agent-2.md").symlink_to(same)  # holds the very answer: still not reused
+    (docs / "topic-agent-3.md").mkdir()
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(docs / "topic-agent-4.md")  # never opened for reading: it would block
+    else:  # pragma: no cover
+        (docs / "topic-agent-4.md").mkdir()
+
+    written = _document(docs, "topic-agent", "# T\n\nanswer\n")
+
+    assert written == docs / "topic-agent-5.md"
+    assert written.read_text(encoding="utf-8") == "# T\n\nanswer\n"
+    assert sorted(p.name for p in outside.iterdir()) == ["same.md"]
+    assert same.read_text(encoding="utf-8") == "# T\n\nanswer\n"
+
+
+def test_a_document_that_cannot_be_written_whole_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from command_handlers.intelligent_parallel import write_back
+
+    class Full:
+        def __init__(self, fd: int, mode: str) -> None:
+            self.fd = fd
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            os.close(self.fd)
+
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(write_back, "open", Full, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        write_back._document(tmp_path, "topic-agent", "# T\n\nanswer\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_control_characters_of_an_answer_reach_neither_card_nor_document(layout: Layout) -> None:
+    canvas = Canvas({"nodes": [note("n1")], "edges": []})
+    answer = "\x1b[1mBold\x1b[0m answer\x1b]0;title\x07\r\nsecond\tline\x00"
+    results = [result("n1", answer=answer)]
+
+    write_answers(canvas, results, {"n1": "Topic"}, layout)
+
+    card = canvas.node(results[0]["blue_node_id"])
+    assert card["text"].endswith("Bold answer\nsecond\tline")
+    document = layout.base / results[0]["document"]
+    assert document.read_text(encoding="utf-8").endswith("Bold answer\nsecond\tline\n")
+
+
+def test_a_side_file_name_taken_by_a_dangling_link_is_skipped(tmp_path: Path) -> None:
+    from command_handlers.intelligent_parallel.write_back import _fresh_path
+
+    outside = tmp_path / "outside.json"
+    (tmp_path / "notes.canvas.answers-1.json").symlink_to(outside)
+    assert _fresh_path(tmp_path, "notes.canvas.answers-1", ".json") == (
+        tmp_path / "notes.canvas.answers-1-2.json"
+    )

@@ -7,6 +7,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Union  # noqa: UP035
 
+from command_handlers.safe_text import strip_controls
+
 __all__ = [
     "STATUSES",
     "AsyncTask",
@@ -110,10 +112,13 @@ class TaskTimeoutError(asyncio.TimeoutError):
 def error_text(exc: BaseException) -> str:
     """The text reported for an error: its message, or its class name when it has none.
 
+    Control characters and terminal escape sequences are removed: the message
+    may quote what an agent printed, and it is printed in turn.
+
     Args:
         exc: The error.
 
     Returns:
         The text.
     """
-    return str(exc) or type(exc).__name__
+    return strip_controls(str(exc)) or type(exc).__name__

@@ -104,7 +104,10 @@ class Canvas:  # pylint: disable=too-many-public-methods
             raw = text.encode("utf-8", "surrogatepass")
         else:
             raw, text = text, decode(text)
-        canvas = cls(parse_text(text))
+        data = parse_text(text)
+        if data is None:  # ``cls(None)`` would be an empty canvas: ``null`` is no canvas at all
+            raise CanvasError("a canvas must be a JSON object, not null")
+        canvas = cls(data)
         canvas.record_source(raw, path)
         return canvas
 

@@ -373,12 +373,17 @@ def check_settings(settings: Settings) -> None:
         settings: The run's settings.
 
     Raises:
-        ValueError: The program is neither on ``PATH`` nor an executable file.
+        ValueError: The program is neither on ``PATH`` nor an executable file
+            (the message says which: missing, a folder, not executable).
     """
     argv: object = settings.agent_command
     if isinstance(argv, tuple) and argv and shutil.which(str(argv[0])) is None:
+        program = str(argv[0])
+        if os.sep in program and os.path.exists(program):
+            kind = "a folder" if os.path.isdir(program) else "not executable"
+            raise ValueError(f"agent command {program!r} is {kind} (--agent-command)")
         raise ValueError(
-            f"agent command {argv[0]!r} not found: no such program on PATH (--agent-command)"
+            f"agent command {program!r} not found: no such program on PATH (--agent-command)"
         )
 
 

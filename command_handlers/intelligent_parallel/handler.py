@@ -53,6 +53,7 @@ from command_handlers.intelligent_parallel.plan import (
     replacing,
     skipped_pairs,
 )
+from command_handlers.intelligent_parallel.preflight import check_places, check_text
 from command_handlers.intelligent_parallel.prompt import Prerequisite, build_prompt
 from command_handlers.intelligent_parallel.result import (
     NOTHING_SELECTED,
@@ -79,6 +80,7 @@ from command_handlers.plugins import (
     notify,
     run_tasks,
 )
+from command_handlers.safe_text import strip_controls
 from command_handlers.settings import Settings
 
 __all__ = ["IntelligentParallelCommandHandler"]
@@ -394,6 +396,7 @@ class IntelligentParallelCommandHandler:
         _check_writable(canvas, opts)
         fingerprints = {name: registry.fingerprint(name) for name in registry.names}
         decide_all(notes, known, InputHashes(settings, fingerprints), force=opts.force)
+        check_places(canvas, opts, command.layout, notes)
         plan = make_plan(notes, opts, DEFAULT_DEPENDENCY_LIMIT)
         result = CommandResult("dry-run", self.session_id, True, notices=list(notices), plan=plan)
         if opts.dry_run:
@@ -641,9 +644,11 @@ def _refused_as_input(step: Callable[[], Any]) -> Any:
 
 def _load(canvas_path: str | os.PathLike[str], max_bytes: int) -> Canvas:
     try:
-        return read_canvas(canvas_path, max_bytes=max_bytes)
+        canvas = read_canvas(canvas_path, max_bytes=max_bytes)
     except CanvasError as exc:
         raise CommandInputError(str(exc)) from exc
+    check_text(canvas)
+    return canvas
 
 
 def _unmerged(
@@ -683,10 +688,11 @@ def _drop_gone(
 
 def _named(note: Note) -> str:
     """A note as a person finds it on the canvas: its first words, then its id."""
-    words = " ".join(note.text.split()[:6])
+    words = " ".join(strip_controls(note.text).split()[:6])
     if len(words) > 40:
         words = words[:39] + "…"
-    return f'"{words}" ({note.node_id})'
+    # Printed on the terminal, from a canvas that may have come from anyone.
+    return f'"{words}" ({strip_controls(note.node_id)})'
 
 
 @contextlib.contextmanager
@@ -695,11 +701,16 @@ def _locked(target: Path | None) -> Iterator[None]:
     if not Path(os.path.realpath(target)).parent.is_dir():
         yield  # no folder to write into: the write check says so
         return
-    try:
-        with canvas_lock(target):
-            yield
-    except CanvasBusyError as exc:
-        raise CommandInputError(str(exc)) from exc
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(canvas_lock(target))
+        except CanvasBusyError as exc:
+            raise CommandInputError(str(exc)) from exc
+        except OSError as exc:  # a folder that cannot hold the lock file (or a link there)
+            raise CommandInputError(
+                f"cannot write the lock file beside {target}: {exc.strerror or exc}"
+            ) from exc
+        yield
 
 
 def _layout(canvas: Canvas, opts: Options) -> Layout:

@@ -7,6 +7,7 @@ one per command-line option, ``docs/cli.md``) into checked values, and raises
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -249,14 +250,35 @@ def _parse_selection(parsed: Options, opts: Mapping[str, Any]) -> None:
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
     parsed.agents_dirs = [os.fspath(d) for d in dirs or []]
-    command = opts.get("agent_command")
-    if command:
-        parsed.agent_command = shlex.split(command) if isinstance(command, str) else list(command)
+    parsed.agent_command = _agent_command(opts.get("agent_command"))
     color_map = opts.get("color_map")
     if isinstance(color_map, str):
         parsed.color_map = parse_color_map(color_map)
     elif isinstance(color_map, Mapping):
         parsed.color_map = {_check_color(str(k).lower()): str(v) for k, v in color_map.items()}
+
+
+def _agent_command(command: Any) -> list[str] | None:
+    """Split the agent command like a shell would; refuse one that cannot be split or is blank."""
+    if command is None or (isinstance(command, (str, list, tuple)) and not command):
+        return None
+    if not isinstance(command, str):
+        if not isinstance(command, Iterable):
+            raise CommandInputError(
+                f"agent_command must be a string or a list of arguments, got {command!r}"
+            )
+        argv = [str(arg) for arg in command]
+    else:
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:  # "No closing quotation", "No escaped character"
+            raise CommandInputError(
+                f"agent command {command!r} cannot be split into arguments:"
+                f" {str(exc).lower()} (--agent-command)"
+            ) from None
+    if not argv:
+        raise CommandInputError(f"agent command {command!r} names no program (--agent-command)")
+    return argv
 
 
 def _parse_running(parsed: Options, opts: Mapping[str, Any]) -> None:
@@ -269,10 +291,10 @@ def _parse_running(parsed: Options, opts: Mapping[str, Any]) -> None:
     parsed.retry_base = _seconds(opts.get("retry_base", parsed.retry_base), "retry_base")
     parsed.retry_cap = _seconds(opts.get("retry_cap", parsed.retry_cap), "retry_cap")
     parsed.grace = _seconds(opts.get("grace", parsed.grace), "grace")
-    parsed.max_canvas_mb = _seconds(
+    parsed.max_canvas_mb = _megabytes(
         opts.get("max_canvas_mb", parsed.max_canvas_mb), "max_canvas_mb"
     )
-    parsed.max_answer_mb = _seconds(
+    parsed.max_answer_mb = _megabytes(
         opts.get("max_answer_mb", parsed.max_answer_mb), "max_answer_mb"
     )
     if parsed.max_answer_bytes < 1:
@@ -315,6 +337,13 @@ def _seconds(value: Any, what: str) -> float:
         number = -1.0
     if isinstance(value, bool) or not number >= 0:
         raise CommandInputError(f"{what} must be a number >= 0, got {value!r}")
+    return number
+
+
+def _megabytes(value: Any, what: str) -> float:
+    number = _seconds(value, what)
+    if number == math.inf:  # a limit of no bytes is refused below; of infinitely many, here
+        raise CommandInputError(f"{what} must be a finite number of megabytes, got {value!r}")
     return number
 
 

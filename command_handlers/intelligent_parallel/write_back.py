@@ -13,10 +13,12 @@ a JSON file beside it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +27,8 @@ from typing import Any
 
 from command_handlers.canvas import Canvas, Node, Rect, node_rect
 from command_handlers.intelligent_parallel.answered import ANSWER_COLOR, KnownAnswer
+from command_handlers.intelligent_parallel.names import fit_name
+from command_handlers.safe_text import strip_controls
 
 __all__ = [
     "CARD_SIZE",
@@ -34,6 +38,7 @@ __all__ = [
     "PREVIEW_LINES",
     "Layout",
     "docs_folder",
+    "document_path",
     "save_side_file",
     "vault_path",
     "write_answers",
@@ -81,7 +86,7 @@ def docs_folder(canvas_path: Path, docs_dir: str | None, base: Path) -> Path:
     if docs_dir:
         folder = Path(docs_dir)
         return folder if folder.is_absolute() else base / folder
-    return base / f"{canvas_path.stem} answers"
+    return base / fit_name(canvas_path.stem, " answers")
 
 
 def _slug(text: str, limit: int = 48) -> str:
@@ -90,32 +95,79 @@ def _slug(text: str, limit: int = 48) -> str:
 
 
 def _names(folder: Path, stem: str, suffix: str) -> Iterator[Path]:
-    """``stem.suffix``, then ``stem-2.suffix``, ``stem-3.suffix``, ..."""
-    yield folder / f"{stem}{suffix}"
+    """``stem.suffix``, then ``stem-2.suffix``, ``stem-3.suffix``, ... (each fitted, see names)."""
+    yield folder / fit_name(stem, suffix)
     for number in itertools.count(2):
-        yield folder / f"{stem}-{number}{suffix}"
+        yield folder / fit_name(stem, f"-{number}{suffix}")
+
+
+def document_path(folder: Path, topic: str, agent: str) -> Path:
+    """The first name a note's document by an agent gets (later ones are numbered).
+
+    Args:
+        folder: The documents' folder.
+        topic: The note's topic.
+        agent: The agent's name.
+
+    Returns:
+        ``folder/<topic slug>-<agent>.md``, shortened to fit the file system.
+    """
+    return next(_names(folder, _stem(topic, agent), ".md"))
+
+
+def _stem(topic: str, agent: str) -> str:
+    return f"{_slug(topic)}-{agent}"
 
 
 def _fresh_path(folder: Path, stem: str, suffix: str) -> Path:
-    return next(path for path in _names(folder, stem, suffix) if not path.exists())
+    # lexists: a link to nothing is taken too, or the file would be written through it.
+    return next(path for path in _names(folder, stem, suffix) if not os.path.lexists(path))
+
+
+#: Create a document: never over an existing file, never through a symbolic link.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+#: Read a document back to compare it: never through a symbolic link, never blocking on a FIFO.
+_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def _document(folder: Path, stem: str, content: str) -> Path:
     """Write ``content`` to a fresh ``stem*.md``, or reuse the file that already holds it.
 
     A run that writes the same answer again (reused from the journal) then
-    adds no copy; a different answer never overwrites a file.
+    adds no copy; a different answer never overwrites a file. A name taken by
+    anything but a regular file (a symbolic link, even a dangling one, a
+    folder) is skipped: nothing is ever written through a link.
     """
     data = content.encode("utf-8")
     for candidate in _names(folder, stem, ".md"):
         try:
-            with open(candidate, "xb") as handle:  # exclusive: two runs never share a name
-                handle.write(data)
-            return candidate
+            fd = os.open(candidate, _CREATE, 0o666)  # exclusive: two runs never share a name
         except FileExistsError:
-            if candidate.read_bytes() == data:
+            if _holds(candidate, data):
                 return candidate
+            continue
+        try:
+            with open(fd, "wb") as handle:
+                handle.write(data)
+        except BaseException:
+            with contextlib.suppress(OSError):  # half a document is no answer: leave none
+                os.unlink(candidate)
+            raise
+        return candidate
     raise AssertionError("unreachable: the names never run out")  # pragma: no cover
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether ``path`` is a regular file (not a link) holding exactly ``data``."""
+    try:
+        fd = os.open(path, _READ)
+    except OSError:  # a symbolic link (ELOOP), or gone meanwhile
+        return False
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a FIFO (opened without waiting)
+        os.close(fd)
+        return False
+    with open(fd, "rb") as handle:
+        return handle.read(len(data) + 1) == data
 
 
 def _preview(text: str, lines: int = PREVIEW_LINES, chars: int = PREVIEW_CHARS) -> str:
@@ -229,7 +281,8 @@ def write_answers(
     for result in results:
         if result["status"] != "success" or result["task_id"] in gone:
             continue
-        note_id, agent, answer = result["node_id"], result["agent"], str(result["answer"])
+        note_id, agent = result["node_id"], result["agent"]
+        answer = strip_controls(str(result["answer"]))
         document: Path | None = None
         if layout.inline:
             text = f"**{agent}** · {stamp}\n\n{answer.strip()}"
@@ -240,7 +293,7 @@ def write_answers(
             topic = topics[note_id]
             document = _document(
                 layout.folder,
-                f"{_slug(topic)}-{agent}",
+                _stem(topic, agent),
                 f"# {topic}\n\n*{agent}*\n\n{answer.strip()}\n",
             )
             result["document"] = vault_path(document, layout.base, strict=False)

@@ -175,10 +175,9 @@ def test_the_config_file_names_the_scheduler(
 ) -> None:
     canvas = tmp_path / "notes.canvas"
     make_canvas(canvas, notes_canvas(texts(1)))
-    (tmp_path / ".intelligent-parallel.yaml").write_text(
-        "scheduler: tcp://127.0.0.1:9\nscheduler-timeout: 1\n", encoding="utf-8"
-    )
-    code, _, err = run_cli(canvas, "--agent-command", agent.command)
+    config = tmp_path / "cluster.yaml"
+    config.write_text("scheduler: tcp://127.0.0.1:9\nscheduler-timeout: 1\n", encoding="utf-8")
+    code, _, err = run_cli(canvas, "--config", config, "--agent-command", agent.command)
     assert code == 2
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9 within 1 s" in err
     assert agent.calls() == []
