@@ -507,7 +507,7 @@ def _print_summary(console: Console, result: CommandResult) -> None:
     if result.canvas:
         backup = f" (previous version: {result.backup})" if result.backup else ""
         console.print(f"Wrote {result.canvas}{backup}", markup=False)
-    if result.side_file:
+    if result.side_file and not result.failure:
         console.print(result.message, style="yellow", markup=False)
 
 
@@ -587,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _finish(console, args, result, signals.exit_code)
 
 
-def _error(exc: Exception) -> None:
+def _error(exc: Exception | str) -> None:
     Console(stderr=True).print(
         f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
     )
@@ -817,6 +817,12 @@ def _finish(
         console.print(result.message, markup=False, soft_wrap=True)
         return EXIT_OK
     _print_summary(console, result)
+    if result.failure:  # the journal or the canvas could not be written
+        if args.quiet:
+            _say(f"error: {result.failure}")
+        else:
+            _error(result.failure)
+        return interrupted_code if result.interrupted else EXIT_FAILED
     if result.interrupted:
         # How to go on is the run's error message: printed even under --quiet.
         if args.quiet:

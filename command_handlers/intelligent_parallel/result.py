@@ -132,6 +132,8 @@ class CommandResult:
         backup: Its backup, if any.
         side_file: Where the answers went instead of the canvas, if they did.
         interrupted: Whether a stop (Ctrl-C) cut the run short.
+        failure: What made the whole run fail, one line (the journal or the
+            canvas could not be written), else ``None``; also the message.
         elapsed_seconds: How long the agents ran.
         report: The JSON report (``--report``, ``--json``).
     """
@@ -150,6 +152,7 @@ class CommandResult:
     backup: str | None = None
     side_file: str | None = None
     interrupted: bool = False
+    failure: str | None = None
     elapsed_seconds: float = 0.0
     report: dict[str, Any] | None = None
 
@@ -178,6 +181,7 @@ class CommandResult:
             result.update(
                 up_to_date=self.kind == "up-to-date",
                 interrupted=self.interrupted,
+                failure=self.failure,
                 skipped=list(self.skipped),
                 canvas=self.canvas,
                 backup=self.backup,
