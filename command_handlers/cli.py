@@ -817,20 +817,24 @@ def _finish(
         console.print(result.message, markup=False, soft_wrap=True)
         return EXIT_OK
     _print_summary(console, result)
+    if result.failure or result.interrupted:
+        _print_why(console, args.quiet, result)
+    if result.interrupted:
+        return interrupted_code
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
+def _print_why(console: Console, quiet: bool, result: CommandResult) -> None:
+    """Why the run stopped short and how to go on: its error message, printed even if quiet."""
     if result.failure:  # the journal or the canvas could not be written
-        if args.quiet:
+        if quiet:
             _say(f"error: {result.failure}")
         else:
             _error(result.failure)
-        return interrupted_code if result.interrupted else EXIT_FAILED
-    if result.interrupted:
-        # How to go on is the run's error message: printed even under --quiet.
-        if args.quiet:
-            _say(result.message)
-        else:
-            console.print(f"[yellow]{escape(result.message)}[/]", soft_wrap=True)
-        return interrupted_code
-    return EXIT_OK if result.success else EXIT_FAILED
+    elif quiet:
+        _say(result.message)
+    else:
+        console.print(f"[yellow]{escape(result.message)}[/]", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

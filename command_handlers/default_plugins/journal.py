@@ -833,12 +833,12 @@ class JournalPlugin:
             self._journal = Journal(self.path, canvas=self.canvas, wait=self.wait, check=False)
         return self._journal
 
-    def _failed(self, exc: sqlite3.Error) -> StopRun:
+    def _failed(self, exc: sqlite3.Error, verb: str = "write") -> StopRun:
         """Stop recording: the run cannot go on without its journal."""
         reason = str(exc)
         if "locked" in reason:
             reason = f"another program kept it locked for {self.wait:g} s"
-        self.failure = f"cannot write the journal {self.path}: {reason}"
+        self.failure = f"cannot {verb} the journal {self.path}: {reason}"
         return StopRun(self.failure)
 
     @hookimpl
@@ -862,14 +862,16 @@ class JournalPlugin:
 
         A file that cannot be read answers nothing, and the run stops at its start.
         """
-        journal = self._open(create=False)
-        if journal is None or self.failure is not None:
+        if self.failure is not None:
             return None
         try:
-            return journal.cached_result(task)
+            journal = self._open(create=False)
+            return journal.cached_result(task) if journal is not None else None
+        except JournalError as exc:
+            self.failure = str(exc)
         except sqlite3.Error as exc:
-            self._failed(exc)
-            return None
+            self._failed(exc, "read")
+        return None
 
     @hookimpl(tryfirst=True)
     def on_run_start(self, run: RunView) -> None:

@@ -564,7 +564,7 @@ class IntelligentParallelCommandHandler:
             return []
         except OSError as exc:  # a full disk, say: nothing was written into the canvas
             self.side_file = _unmerged(command, rows, outcomes.answers(tasks), exc, result)
-            return [f"cannot write {exc.filename or target}: {exc.strerror or exc}"]
+            return [f"cannot write the answers into {target}: {exc.strerror or exc}"]
         _drop_gone(command.notes, rows, gone, result)
         result.canvas, result.backup = str(target), str(backup) if backup else None
         hashes = {task.task_id: str(task.node_data["input_hash"]) for task in tasks}
