@@ -293,14 +293,24 @@ def test_check_settings_refuses_another_canvas_journal(tmp_path: Path) -> None:
         check_settings(settings_for(other, journal_path=Journal.default_path(mine)))
 
 
-def test_check_settings_says_when_a_moved_canvas_took_the_journal_over(tmp_path: Path) -> None:
+def test_a_moved_canvas_takes_the_journal_over_when_a_run_starts(tmp_path: Path) -> None:
     original = canvas_file(tmp_path / "a")
     Journal(Journal.default_path(original), canvas=original).close()
     (tmp_path / "a").rename(tmp_path / "moved")
     moved = tmp_path / "moved" / "notes.canvas"
+    path = Journal.default_path(moved)
+    before = path.read_bytes()
+
     notice = check_settings(settings_for(moved))
     assert notice is not None
     assert "no longer there" in notice
+    assert path.read_bytes() == before  # checking writes nothing: a dry run changes nothing
+    plugin = JournalPlugin(path, moved)
+    assert plugin.recorded_answers() == []
+    assert check_settings(settings_for(moved)) == notice  # still to be taken over
+
+    plugin.on_run_start(run_info())  # a run that calls agents records the new owner
+    plugin.unconfigure()
     assert check_settings(settings_for(moved)) is None
 
 

@@ -319,8 +319,8 @@ def _same_file(recorded: str, canvas: str) -> bool:
         return False
 
 
-def _claim(conn: sqlite3.Connection, path: Path, canvas: Path) -> str | None:
-    """Make sure the journal is ``canvas``'s, recording it if the file records none.
+def _claim(conn: sqlite3.Connection, path: Path, canvas: Path, adopt: bool) -> str | None:
+    """Make sure the journal is ``canvas``'s; ``adopt``: record it as the owner if need be.
 
     Returns:
         A notice when the journal was taken over from a canvas no longer there
@@ -340,10 +340,11 @@ def _claim(conn: sqlite3.Connection, path: Path, canvas: Path) -> str | None:
                 f"the journal {path} belongs to the canvas {recorded}, not to {real}:"
                 " move it away, give this canvas its own (--journal PATH) or use --no-journal"
             )
-        # A journal of before this record (adopted as it is), or one whose canvas
-        # moved with it: it is this canvas's from now on.
-        conn.execute("INSERT OR REPLACE INTO about VALUES ('canvas', ?)", (real,))
-        conn.execute("INSERT OR IGNORE INTO about VALUES ('id', ?)", (uuid.uuid4().hex,))
+        if adopt:
+            # A journal of before this record (adopted as it is), or one whose
+            # canvas moved with it: it is this canvas's from now on.
+            conn.execute("INSERT OR REPLACE INTO about VALUES ('canvas', ?)", (real,))
+            conn.execute("INSERT OR IGNORE INTO about VALUES ('id', ?)", (uuid.uuid4().hex,))
     if recorded is None:
         return None
     return (
@@ -381,6 +382,8 @@ class Journal:
         wait: How long a write waits for another program holding the file
             locked before it fails, in seconds.
         check: Look the whole file over when opening it, refusing a damaged one.
+        adopt: Record ``canvas`` as the owner at once; otherwise only check it
+            (reading only), and leave the record to :meth:`claim`.
 
     Raises:
         JournalError: ``path`` cannot be opened, is not a SQLite file or is
@@ -395,6 +398,7 @@ class Journal:
         canvas: str | Path | None = None,
         wait: float = DEFAULT_WAIT,
         check: bool = True,
+        adopt: bool = True,
     ) -> None:
         self._path = Path(path)
         self._canvas = None if canvas is None else Path(canvas)
@@ -406,7 +410,7 @@ class Journal:
             raise _cannot_open(self._path, exc, wait) from exc
         try:
             if self._canvas is not None:
-                self.notice = _claim(self._conn, self._path, self._canvas)
+                self.notice = _claim(self._conn, self._path, self._canvas, adopt)
         except sqlite3.Error as exc:
             self._conn.close()
             raise _cannot_open(self._path, exc, wait) from exc
@@ -417,6 +421,21 @@ class Journal:
         # Tasks started and not ended: recorded as cancelled if the command is interrupted.
         self._running: dict[str, tuple[tuple[str | None, str | None, str | None], float]] = {}
         self._attempts: dict[str, int] = {}  # calls so far, of the running tasks retried
+
+    def claim(self) -> str | None:
+        """Record the canvas given as the journal's owner (see ``adopt``).
+
+        Returns:
+            A notice when the journal was taken over from a canvas no longer
+            there, else ``None``.
+
+        Raises:
+            JournalError: The journal belongs to another canvas, which still exists.
+            sqlite3.Error: The record could not be written.
+        """
+        if self._canvas is not None:
+            self.notice = _claim(self._conn, self._path, self._canvas, adopt=True)
+        return self.notice
 
     @staticmethod
     def default_path(canvas_path: str | Path) -> Path:
@@ -829,8 +848,10 @@ class JournalPlugin:
 
     def _open(self, create: bool) -> Journal | None:
         if self._journal is None and (create or self.path.exists()):
-            # check_settings looked the file over already.
-            self._journal = Journal(self.path, canvas=self.canvas, wait=self.wait, check=False)
+            # check_settings looked the file over already; a run records its owner.
+            self._journal = Journal(
+                self.path, canvas=self.canvas, wait=self.wait, check=False, adopt=False
+            )
         return self._journal
 
     def _failed(self, exc: sqlite3.Error, verb: str = "write") -> StopRun:
@@ -885,6 +906,7 @@ class JournalPlugin:
         try:
             journal = self._open(create=True)
             assert journal is not None
+            journal.claim()
             journal.on_run_start(run)
         except JournalError as exc:
             self.failure = str(exc)
@@ -978,8 +1000,10 @@ def check_settings(settings: Settings) -> str | None:
     Args:
         settings: The run's settings.
 
+    Reads only: the run that calls an agent records the new owner.
+
     Returns:
-        A notice when the journal was taken over from a canvas no longer there.
+        A notice when the journal is being taken over from a canvas no longer there.
 
     Raises:
         JournalError: The file is damaged, of a newer version, locked, or
@@ -991,7 +1015,7 @@ def check_settings(settings: Settings) -> str | None:
     if found is None or not found[0].exists():
         return None
     path, owner = found
-    with Journal(path, canvas=owner, wait=wait) as journal:
+    with Journal(path, canvas=owner, wait=wait, adopt=False) as journal:
         return journal.notice
 
 

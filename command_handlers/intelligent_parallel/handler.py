@@ -732,11 +732,14 @@ def _locked(target: Path | None) -> Iterator[None]:
     if not Path(os.path.realpath(target)).parent.is_dir():
         yield  # no folder to write into: the write check says so
         return
-    try:
-        with canvas_lock(target):
-            yield
-    except CanvasBusyError as exc:
-        raise CommandInputError(str(exc)) from exc
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(canvas_lock(target))
+        except CanvasBusyError as exc:
+            raise CommandInputError(str(exc)) from exc
+        except OSError as exc:  # a full disk, say: refused before any call
+            raise CommandInputError(f"cannot write beside {target}: {exc.strerror or exc}") from exc
+        yield
 
 
 def _layout(canvas: Canvas, opts: Options) -> Layout:

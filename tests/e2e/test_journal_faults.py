@@ -424,3 +424,46 @@ def test_a_canvas_moved_with_its_journal_takes_it_over_with_a_notice(
     code, _, err = run_cli(moved, "-a", "--agent-command", agent_program.command)
     assert code == 0, err
     assert "no longer there" not in err
+
+
+def test_a_disk_with_no_room_at_all_refuses_the_run_before_any_call(
+    small_disk: Path, run_cli: Run
+) -> None:
+    canvas = make_vault(small_disk / "vault", 3)
+    original = canvas.read_bytes()
+    fill(small_disk, leave=0)
+    with contextlib.suppress(OSError), open(small_disk / "rest", "wb") as handle:  # every byte
+        while True:
+            handle.write(b"\0" * 4096)
+            handle.flush()
+
+    code, out, err = run_cli(canvas, "-a", "-q")
+
+    assert code == 2
+    assert out == ""
+    assert only_line(err) == f"error: cannot write beside {canvas}: No space left on device"
+    assert canvas.read_bytes() == original
+    assert sorted(path.name for path in canvas.parent.iterdir()) == [".obsidian", "notes.canvas"]
+
+
+def test_a_lock_file_that_cannot_be_written_refuses_the_run(
+    tmp_path: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from command_handlers.intelligent_parallel import handler
+
+    canvas = make_vault(tmp_path / "vault", 2)
+    original = canvas.read_bytes()
+
+    @contextlib.contextmanager
+    def no_room(target: Path) -> Iterator[Path]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+        yield target  # pragma: no cover - a generator, never reached
+
+    monkeypatch.setattr(handler, "canvas_lock", no_room)
+
+    code, _, err = run_cli(canvas, "-a", "-q")
+
+    assert code == 2
+    assert only_line(err) == f"error: cannot write beside {canvas}: No space left on device"
+    assert canvas.read_bytes() == original
+    assert not (canvas.parent / JOURNAL_NAME).exists()
