@@ -518,6 +518,7 @@ class IntelligentParallelCommandHandler:
             result.stats,
             rows,
             result.skipped,
+            result.failure,
         )
         return result
 

@@ -203,8 +203,9 @@ def report(
     stats: Mapping[str, int],
     results: Sequence[Mapping[str, Any]],
     skipped: Sequence[Mapping[str, Any]],
+    failure: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON report of a run."""
+    """The JSON report of a run (``failure``: what made the whole run fail, one line)."""
     return {
         "session_id": session_id,
         "canvas": canvas,
@@ -213,4 +214,5 @@ def report(
         "stats": dict(stats),
         "tasks": list(results),
         "skipped": list(skipped),
+        "failure": failure,
     }

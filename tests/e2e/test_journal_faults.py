@@ -209,15 +209,22 @@ def test_a_journal_write_that_fails_keeps_what_was_received_on_the_canvas(
         recorded(self, task, outcome)
 
     monkeypatch.setattr(journal_module.Journal, "on_task_end", full_from_the_third)
+    report = tmp_path / "report.json"
 
-    code, out, err = run_cli(canvas, "-a", "-q", "-m", "1")
+    code, out, err = run_cli(canvas, "-a", "-q", "-m", "1", "--report", report)
 
     assert code == 1
     assert out == ""
-    assert only_line(err) == (
-        f"error: cannot write the journal {journal}: database or disk is full;"
+    failure = (
+        f"cannot write the journal {journal}: database or disk is full;"
         " no new call was started (3 not made); the 3 answers received are on the canvas;"
         " run the same command again once that is fixed"
+    )
+    assert only_line(err) == f"error: {failure}"
+    written = json.loads(report.read_text(encoding="utf-8"))
+    assert written["failure"] == failure
+    assert (
+        sorted(task["status"] for task in written["tasks"]) == ["cancelled"] * 3 + ["success"] * 3
     )
     assert answered_notes(canvas) == {"n0", "n1", "n2"}
     assert [(row["note_id"], row["status"]) for row in journal_rows(journal)] == [
