@@ -519,7 +519,7 @@ def _print_summary(console: Console, result: CommandResult) -> None:
     if result.canvas:
         backup = f" (previous version: {result.backup})" if result.backup else ""
         console.print(f"Wrote {result.canvas}{backup}", markup=False)
-    if result.side_file:
+    if result.side_file and not result.failure:
         console.print(result.message, style="yellow", markup=False)
 
 
@@ -614,13 +614,13 @@ def _console(*, quiet: bool = False) -> Console:
     return Console(stderr=True, quiet=quiet)
 
 
-def _print_error(console: Console, exc: Exception) -> None:
+def _print_error(console: Console, exc: Exception | str) -> None:
     from rich.markup import escape  # pylint: disable=import-outside-toplevel
 
     console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
 
 
-def _error(exc: Exception) -> None:
+def _error(exc: Exception | str) -> None:
     _print_error(_console(), exc)
 
 
@@ -861,14 +861,26 @@ def _finish(
         console.print(result.message, markup=False, soft_wrap=True)
         return EXIT_OK
     _print_summary(console, result)
+    if result.failure or result.interrupted:
+        _print_why(console, args.quiet, result)
     if result.interrupted:
-        # How to go on is the run's error message: printed even under --quiet.
-        if args.quiet:
-            _say(result.message)
-        else:
-            console.print(f"[yellow]{escape(result.message)}[/]", soft_wrap=True)
         return interrupted_code
     return EXIT_OK if result.success else EXIT_FAILED
+
+
+def _print_why(console: Console, quiet: bool, result: CommandResult) -> None:
+    """Why the run stopped short and how to go on: its error message, printed even if quiet."""
+    from rich.markup import escape  # pylint: disable=import-outside-toplevel  # rich when drawn
+
+    if result.failure:  # the journal or the canvas could not be written
+        if quiet:
+            _say(f"error: {result.failure}")
+        else:
+            _error(result.failure)
+    elif quiet:
+        _say(result.message)
+    else:
+        console.print(f"[yellow]{escape(result.message)}[/]", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,8 +16,10 @@ The hooks fall in four groups:
   :func:`prepare_task`, :func:`is_retryable`;
 * **listeners** (``on_*``): they only observe. They may be plain functions
   or coroutine functions; a listener that raises is logged with its plugin's
-  name and never fails a task or the run. Work that must happen before a task
-  runs belongs in :func:`prepare_task`, whose errors fail the task.
+  name and never fails a task or the run, unless it raises :class:`StopRun`
+  (a listener the run cannot go on without, as the journal that can no
+  longer record). Work that must happen before a task runs belongs in
+  :func:`prepare_task`, whose errors fail the task.
 
 ``docs/plugins.md`` renders this module's docstrings (a test keeps the two equal).
 """
@@ -32,12 +34,32 @@ from typing import Any, Callable, Protocol
 
 import pluggy
 
-__all__ = ["OutcomeView", "RunView", "TaskView", "WrittenAnswer", "hookimpl", "hookspec"]
+__all__ = [
+    "OutcomeView",
+    "RunView",
+    "StopRun",
+    "TaskView",
+    "WrittenAnswer",
+    "hookimpl",
+    "hookspec",
+]
 
 #: Marks a function as the specification of a hook.
 hookspec = pluggy.HookspecMarker("command_handlers")
 #: Marks a function as an implementation of one of the hooks of this module.
 hookimpl = pluggy.HookimplMarker("command_handlers")
+
+
+class StopRun(Exception):
+    """Raised by a listener that the run cannot go on without: no new call starts.
+
+    From ``on_run_start``, ``on_task_start`` or ``on_task_end`` of a run, the
+    run starts no new call, the calls running may finish (within the run's
+    grace), and the run ends failed, with the exception's text as its one
+    line; the answers already received are kept. The ``journal`` raises it
+    when it can no longer record (a full disk, a file locked too long).
+    Elsewhere it is logged like any other exception of a listener.
+    """
 
 
 class TaskView(Protocol):

@@ -10,6 +10,7 @@ loading plugins by name, the registry, listener dispatch.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
@@ -53,6 +54,7 @@ from command_handlers.async_execution_engine import (
     TaskTimeoutError,
     check_limit,
 )
+from command_handlers.hookspecs import StopRun
 from command_handlers.settings import Settings
 
 __all__ = [
@@ -76,6 +78,7 @@ __all__ = [
     "RetryPolicy",
     "RunInfo",
     "RunPolicy",
+    "StopRun",
     "TaskOutcome",
     "TaskTimeoutError",
     "UnknownAgentError",
@@ -108,18 +111,38 @@ class RunInfo:
     tasks: tuple[AsyncTask, ...] = field(default=(), repr=False, compare=False)
 
 
-async def notify(pm: pluggy.PluginManager, hook_name: str, **arguments: Any) -> None:
+async def notify(pm: pluggy.PluginManager, hook_name: str, **arguments: Any) -> StopRun | None:
     """Call every implementation of a listener hook; log what one raises and go on.
 
     Args:
         pm: The plugin manager.
         hook_name: A hook of :mod:`command_handlers.hookspecs`.
         **arguments: The hook's arguments, by name.
+
+    Returns:
+        The first :class:`~command_handlers.hookspecs.StopRun` a listener
+        raised (not logged: the caller says it), else ``None``.
     """
-    listeners = Listeners(pm, hook_name)
+    halt = _Halt()
+    listeners = Listeners(pm, hook_name, stop=halt)
     spec = getattr(pm.hook, hook_name).spec
     names = spec.argnames if spec is not None else ()
     await listeners.call_async(*(arguments[name] for name in names))
+    return halt.reason
+
+
+class _Halt:
+    """Keeps the first :class:`StopRun` a listener raised, and stops the run's calls."""
+
+    def __init__(self, stop: asyncio.Event | None = None) -> None:
+        self.stop = stop
+        self.reason: StopRun | None = None
+
+    def __call__(self, error: StopRun) -> None:
+        if self.reason is None:
+            self.reason = error
+        if self.stop is not None:
+            self.stop.set()
 
 
 async def run_tasks(
@@ -162,9 +185,14 @@ async def run_tasks(
             does not run and succeeds with the cached result (its outcome
             says ``cached``, with 0 attempts).
 
+    A listener of ``on_run_start``, ``on_task_start`` or ``on_task_end``
+    raising :class:`~command_handlers.hookspecs.StopRun` stops the run as
+    ``policy.stop`` does: no new call starts.
+
     Returns:
         The summary dict, with the engine's keys, plus ``cached`` (the ids of
-        the tasks answered from the cache).
+        the tasks answered from the cache) and, after a ``StopRun``,
+        ``halted`` (its text).
 
     Raises:
         ValueError: Bad tasks or limits (as the engine raises them).
@@ -182,6 +210,7 @@ async def run_tasks(
         max_concurrency=max_concurrency,
         tasks=tuple(task_list),
     )
+    policy, halt = _halting(pm, policy)
     route = registry.router()
     prepare = Listeners(pm, "prepare_task")
     if prepare.impls:
@@ -192,11 +221,11 @@ async def run_tasks(
     if len(replayed) < len(cached):
         route = _answer_from(cached, route)
     progress = Listeners(pm, "on_task_progress", progress_callback)
-    ending = Listeners(pm, "on_task_end")
+    ending = Listeners(pm, "on_task_end", stop=halt)
     end_callback = ending.callback()
     if end_callback is not None and len(replayed) < len(cached):
         end_callback = _marking_cached(cached, end_callback)
-    await Listeners(pm, "on_run_start").call_async(run)
+    await Listeners(pm, "on_run_start", stop=halt).call_async(run)
     for task in task_list:
         if task.task_id in replayed:
             result = cached[task.task_id]
@@ -212,7 +241,7 @@ async def run_tasks(
             dependency_limit=dependency_limit,
             agent_limits=registry.limits(),
             progress_callback=progress.callback(),
-            start_callback=Listeners(pm, "on_task_start").callback(),
+            start_callback=Listeners(pm, "on_task_start", stop=halt).callback(),
             end_callback=end_callback,
             policy=_plugin_policy(pm, registry, policy),
         )
@@ -224,8 +253,19 @@ async def run_tasks(
     if replayed:
         summary = _with_replayed(summary, task_list, to_run, cached, replayed)
     summary["cached"] = sorted(cached)
+    if halt.reason is not None:
+        summary["halted"] = str(halt.reason)
     await Listeners(pm, "on_run_end").call_async(run, summary)
     return summary
+
+
+def _halting(pm: pluggy.PluginManager, policy: RunPolicy | None) -> tuple[RunPolicy, _Halt]:
+    """The policy, with a stop event that a listener raising StopRun sets, as a signal would."""
+    policy = policy or RunPolicy()
+    hooks = (pm.hook.on_run_start, pm.hook.on_task_start, pm.hook.on_task_end)
+    if policy.stop is None and any(hook.get_hookimpls() for hook in hooks):
+        policy = dataclasses.replace(policy, stop=asyncio.Event())
+    return policy, _Halt(policy.stop)
 
 
 def _cached_results(pm: pluggy.PluginManager, tasks: list[AsyncTask]) -> dict[str, Any]:

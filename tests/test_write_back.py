@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -294,3 +295,63 @@ def test_a_side_file_name_taken_by_a_dangling_link_is_skipped(tmp_path: Path) ->
     assert _fresh_path(tmp_path, "notes.canvas.answers-1", ".json") == (
         tmp_path / "notes.canvas.answers-1-2.json"
     )
+
+
+class _FullDisk:
+    """``open`` as on a disk with room for ``room`` bytes: the file is created, writing fails."""
+
+    def __init__(self, room: int = 10) -> None:
+        self.room = room
+        self.opened: list[Path] = []
+
+    def __call__(self, path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = open(path, mode, *args, **kwargs)  # noqa: SIM115 - closed by the stand-in
+        if "x" not in mode:
+            return handle
+        self.opened.append(Path(path))
+        room = self.room
+
+        class Handle:
+            def __enter__(self) -> Handle:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                handle.close()
+
+            def write(self, data: bytes) -> int:
+                handle.write(data[:room])
+                handle.flush()
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        return Handle()
+
+
+def test_a_side_file_goes_to_the_temporary_folder_when_its_own_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from command_handlers.intelligent_parallel import write_back
+
+    spare = tmp_path / "spare"
+    spare.mkdir()
+    monkeypatch.setattr(write_back.tempfile, "gettempdir", lambda: str(spare))
+    answers = [{"task_id": "n1:clarify", "node_id": "n1", "agent": "clarify", "text": "Hi"}]
+    full = _FullDisk()
+    real_open = open
+
+    def full_here(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if Path(path).parent == tmp_path:
+            return full(path, mode, *args, **kwargs)
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(write_back, "open", full_here, raising=False)
+
+    side = save_side_file(tmp_path / "notes.canvas", tmp_path, answers, "disk full")
+
+    assert side.parent == spare
+    assert json.loads(side.read_text(encoding="utf-8"))["answers"] == answers
+    assert not list(tmp_path.glob("*.json"))  # the partial one was removed
+
+    monkeypatch.setattr(write_back.tempfile, "gettempdir", lambda: str(tmp_path / "gone"))
+    with pytest.raises(OSError, match="No space left"):  # the error of the canvas's folder
+        save_side_file(tmp_path / "notes.canvas", tmp_path, answers, "disk full")
+    assert not list(tmp_path.glob("*.json"))

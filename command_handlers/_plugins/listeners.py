@@ -5,12 +5,14 @@ from __future__ import annotations
 import inspect
 import logging
 import operator
+import sys
 from types import CoroutineType
 from typing import Any, Callable
 
 import pluggy
 
 from command_handlers._plugins.registry import plugin_name
+from command_handlers.hookspecs import StopRun
 
 __all__ = ["Listeners", "is_coroutine_function"]
 
@@ -100,6 +102,8 @@ class Listeners:
         hook_name: The hook.
         extra: The caller's own callback, called after the plugins.
         extra_name: What the caller calls it, for the log.
+        stop: Given what a listener raised when it is a
+            :class:`~command_handlers.hookspecs.StopRun`, instead of the log.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class Listeners:
         hook_name: str,
         extra: Callable[..., Any] | None = None,
         extra_name: str = "progress_callback",
+        stop: Callable[[StopRun], None] | None = None,
     ) -> None:
         caller = getattr(pm.hook, hook_name)
         spec_args = tuple(caller.spec.argnames) if caller.spec else ()
@@ -118,6 +123,7 @@ class Listeners:
         ]
         self.hook_name = hook_name
         self.extra_name = extra_name
+        self.stop = stop
         self.arity = len(spec_args)
         self.impls = [
             (
@@ -169,6 +175,10 @@ class Listeners:
                 await outcome
 
     def _log(self, plugin: str, args: tuple[Any, ...]) -> None:
+        error = sys.exc_info()[1]  # called from the except block
+        if isinstance(error, StopRun) and self.stop is not None:
+            self.stop(error)
+            return
         if plugin:
             logger.exception("plugin %r raised in %s; the run goes on", plugin, self.hook_name)
         else:

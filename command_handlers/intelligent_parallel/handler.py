@@ -478,10 +478,17 @@ class IntelligentParallelCommandHandler:
         rows = [task_row(task, outcomes.outcomes.get(task.task_id), notes) for task in tasks]
         for row in rows:
             row["note"] = _named(notes[row["node_id"]])
-        await self._write(command, tasks, outcomes, rows, result)
+        failures = [summary["halted"]] if summary.get("halted") else []
+        failures += await self._write(command, tasks, outcomes, rows, result)
         cancelled = summary.get("cancelled_tasks", ())
-        result.interrupted = any(item["reason"] == "stopped" for item in cancelled)
-        if result.interrupted and not result.message:
+        # A stop asked for (a signal), not one a listener forced (StopRun).
+        result.interrupted = self._stop.requested and any(
+            item["reason"] == "stopped" for item in cancelled
+        )
+        result.side_file = str(self.side_file) if self.side_file else None
+        if failures:
+            result.failure = result.message = _failure_line(failures, rows, result)
+        elif result.interrupted and not result.message:
             result.message = (
                 f"stopped: {summary['cancelled']} notes were not answered;"
                 " run the same command again to answer them (finished answers are kept)"
@@ -499,11 +506,12 @@ class IntelligentParallelCommandHandler:
             input_tokens=sum(r["usage"]["input_tokens"] for r in rows if r["usage"]),
             output_tokens=sum(r["usage"]["output_tokens"] for r in rows if r["usage"]),
         )
-        result.success = all(r["status"] == "success" for r in rows) and self.side_file is None
+        result.success = (
+            all(r["status"] == "success" for r in rows) and self.side_file is None and not failures
+        )
         result.results = rows
         result.skipped = skipped_pairs(notes, command.known)
         result.summary = {k: v for k, v in summary.items() if k != "results"}
-        result.side_file = str(self.side_file) if self.side_file else None
         result.elapsed_seconds = elapsed
         result.report = report(
             self.session_id,
@@ -513,6 +521,7 @@ class IntelligentParallelCommandHandler:
             result.stats,
             rows,
             result.skipped,
+            result.failure,
         )
         return result
 
@@ -523,18 +532,22 @@ class IntelligentParallelCommandHandler:
         outcomes: _Outcomes,
         rows: Sequence[dict[str, Any]],
         result: CommandResult,
-    ) -> None:
+    ) -> list[str]:
         """Write the answers into the canvas as it is on disk now, keeping edits made meanwhile.
 
-        Only when the canvas on disk can no longer be read do the answers go
-        to a side file.
+        Only when the canvas on disk can no longer be read, or cannot be
+        written (a full disk), do the answers go to a side file.
+
+        Returns:
+            What failed, one line each: the canvas or a document could not be
+            written, or a listener could not record the answers written.
         """
         canvas, opts = command.canvas, command.opts
         target = Path(opts.output) if opts.output else canvas.path
         assert target is not None
         assert canvas.path is not None
         if not any(row["status"] == "success" for row in rows):
-            return
+            return []
         gone: list[str] = []
 
         def add_answers(fresh: Canvas) -> None:
@@ -552,7 +565,10 @@ class IntelligentParallelCommandHandler:
                 )
         except CanvasError as exc:  # the canvas on disk became unreadable
             self.side_file = _unmerged(command, rows, outcomes.answers(tasks), exc, result)
-            return
+            return []
+        except OSError as exc:  # a full disk, say: nothing was written into the canvas
+            self.side_file = _unmerged(command, rows, outcomes.answers(tasks), exc, result)
+            return [f"cannot write the answers into {target}: {exc.strerror or exc}"]
         _drop_gone(command.notes, rows, gone, result)
         result.canvas, result.backup = str(target), str(backup) if backup else None
         hashes = {task.task_id: str(task.node_data["input_hash"]) for task in tasks}
@@ -568,7 +584,8 @@ class IntelligentParallelCommandHandler:
             for row in rows
             if row.get("blue_node_id")
         ]
-        await notify(command.pm, "on_canvas_written", canvas_path=target, answers=written)
+        stopped = await notify(command.pm, "on_canvas_written", canvas_path=target, answers=written)
+        return [str(stopped)] if stopped is not None else []
 
 
 async def _choose_agents(command: _Command) -> None:
@@ -655,16 +672,37 @@ def _unmerged(
     command: _Command,
     rows: Sequence[dict[str, Any]],
     answers: Sequence[Mapping[str, Any]],
-    error: CanvasError,
+    error: CanvasError | OSError,
     result: CommandResult,
-) -> Path:
+) -> Path | None:
     """The canvas could not be merged into: keep the answers in a side file."""
     for row in rows:
         for key in ("blue_node_id", "file_node_id", "replaced_node_id"):
             row.pop(key, None)
     side = _side_file(command, answers, str(error))
-    result.message = f"the canvas could not be merged into ({error}); answers saved to {side}"
+    where = f"answers saved to {side}" if side else "answers could not be saved to a side file"
+    result.message = f"the canvas could not be merged into ({error}); {where}"
     return side
+
+
+def _failure_line(
+    failures: Sequence[str], rows: Sequence[Mapping[str, Any]], result: CommandResult
+) -> str:
+    """Say in one line what failed, where the answers received are, and how to go on."""
+    parts = list(dict.fromkeys(failures))
+    answered = sum(1 for row in rows if row["status"] == "success")
+    not_made = sum(1 for row in rows if row["status"] == "cancelled")
+    if not_made:
+        parts.append(f"no new call was started ({not_made} not made)")
+    answers = f"{answered} {'answer' if answered == 1 else 'answers'} received"
+    if result.canvas:
+        parts.append(f"the {answers} are on the canvas")
+    elif result.side_file:
+        parts.append(f"the {answers} are saved to {result.side_file}")
+    elif answered:
+        parts.append(f"the {answers} could not be saved outside the journal")
+    parts.append("run the same command again once that is fixed")
+    return "; ".join(parts)
 
 
 def _drop_gone(
@@ -754,8 +792,12 @@ def _check_writable(canvas: Canvas, opts: Options) -> None:
         raise CommandInputError(f"cannot write {target}: it is a directory")
 
 
-def _side_file(command: _Command, answers: Sequence[Mapping[str, Any]], reason: str) -> Path:
+def _side_file(command: _Command, answers: Sequence[Mapping[str, Any]], reason: str) -> Path | None:
+    """Keep answers in a side file; ``None`` when no folder could hold one (a full disk)."""
     canvas, opts = command.canvas, command.opts
     assert canvas.path is not None
     folder = Path(opts.output).parent if opts.output else canvas.path.parent
-    return save_side_file(canvas.path, folder, answers, reason)
+    try:
+        return save_side_file(canvas.path, folder, answers, reason)
+    except OSError:
+        return None

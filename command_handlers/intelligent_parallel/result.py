@@ -132,6 +132,8 @@ class CommandResult:
         backup: Its backup, if any.
         side_file: Where the answers went instead of the canvas, if they did.
         interrupted: Whether a stop (Ctrl-C) cut the run short.
+        failure: What made the whole run fail, one line (the journal or the
+            canvas could not be written), else ``None``; also the message.
         elapsed_seconds: How long the agents ran.
         report: The JSON report (``--report``, ``--json``).
     """
@@ -153,6 +155,7 @@ class CommandResult:
     backup: str | None = None
     side_file: str | None = None
     interrupted: bool = False
+    failure: str | None = None
     elapsed_seconds: float = 0.0
     report: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -181,6 +184,7 @@ class CommandResult:
             result.update(
                 up_to_date=self.kind == "up-to-date",
                 interrupted=self.interrupted,
+                failure=self.failure,
                 skipped=list(self.skipped),
                 canvas=self.canvas,
                 backup=self.backup,
@@ -202,8 +206,9 @@ def report(
     stats: Mapping[str, int],
     results: Sequence[Mapping[str, Any]],
     skipped: Sequence[Mapping[str, Any]],
+    failure: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON report of a run."""
+    """The JSON report of a run (``failure``: what made the whole run fail, one line)."""
     return {
         "session_id": session_id,
         "canvas": canvas,
@@ -212,4 +217,5 @@ def report(
         "stats": dict(stats),
         "tasks": list(results),
         "skipped": list(skipped),
+        "failure": failure,
     }

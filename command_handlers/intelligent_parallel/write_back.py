@@ -19,6 +19,7 @@ import json
 import os
 import re
 import stat
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -136,7 +137,9 @@ def _document(folder: Path, stem: str, content: str) -> Path:
     A run that writes the same answer again (reused from the journal) then
     adds no copy; a different answer never overwrites a file. A name taken by
     anything but a regular file (a symbolic link, even a dangling one, a
-    folder) is skipped: nothing is ever written through a link.
+    folder) is skipped: nothing is ever written through a link. A write that
+    fails (a full disk) removes the file it created: no empty or partial
+    document is left behind, and the error propagates.
     """
     data = content.encode("utf-8")
     for candidate in _names(folder, stem, ".md"):
@@ -147,11 +150,10 @@ def _document(folder: Path, stem: str, content: str) -> Path:
                 return candidate
             continue
         try:
-            with open(fd, "wb") as handle:
+            with open(fd, "wb") as handle:  # closing flushes: a full disk may fail only here
                 handle.write(data)
         except BaseException:
-            with contextlib.suppress(OSError):  # half a document is no answer: leave none
-                os.unlink(candidate)
+            _discard(candidate)
             raise
         return candidate
     raise AssertionError("unreachable: the names never run out")  # pragma: no cover
@@ -168,6 +170,12 @@ def _holds(path: Path, data: bytes) -> bool:
         return False
     with open(fd, "rb") as handle:
         return handle.read(len(data) + 1) == data
+
+
+def _discard(path: Path) -> None:
+    """Remove a file this run created and could not finish; one already gone is fine."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _preview(text: str, lines: int = PREVIEW_LINES, chars: int = PREVIEW_CHARS) -> str:
@@ -327,6 +335,10 @@ def save_side_file(
 ) -> Path:
     """Keep answers that could not be written into the canvas in a JSON file.
 
+    When ``folder`` cannot hold it (a full disk), the file goes to the
+    system's temporary folder instead; a file that could not be written
+    whole is removed.
+
     Args:
         canvas_path: The canvas they belong to.
         folder: Where the file goes (the folder of the canvas being written).
@@ -336,9 +348,30 @@ def save_side_file(
 
     Returns:
         The file: ``<canvas name>.answers-<time>.json``, a fresh name.
+
+    Raises:
+        OSError: Neither folder could hold the file (the error of ``folder``).
     """
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    side = _fresh_path(folder, f"{canvas_path.name}.answers-{stamp}", ".json")
     payload = {"canvas": str(canvas_path), "reason": reason, "answers": list(answers)}
-    side.write_text(json.dumps(payload, indent=2, ensure_ascii=False), encoding="utf-8")
+    data = json.dumps(payload, indent=2, ensure_ascii=False).encode("utf-8")
+    stem = f"{canvas_path.name}.answers-{stamp}"
+    try:
+        return _side_write(folder, stem, data)
+    except OSError as exc:
+        try:
+            return _side_write(Path(tempfile.gettempdir()), stem, data)
+        except OSError:
+            raise exc from None
+
+
+def _side_write(folder: Path, stem: str, data: bytes) -> Path:
+    side = _fresh_path(folder, stem, ".json")
+    handle = open(side, "xb")  # noqa: SIM115 - closed below, the file removed if that fails
+    try:
+        with handle:
+            handle.write(data)
+    except BaseException:
+        _discard(side)
+        raise
     return side
