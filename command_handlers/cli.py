@@ -105,7 +105,7 @@ def _positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if value <= 0:
+    if not value > 0:  # also refuses nan, which compares false with everything
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 

@@ -805,6 +805,7 @@ BAD_CANVASES: dict[str, Any] = {
         ("concurrency 21", ["{canvas}", "--max", "21"], "between 1 and 20, got 21"),
         ("concurrency x", ["{canvas}", "--max-concurrency", "x"], "whole number"),
         ("timeout 0", ["{canvas}", "--timeout", "0"], "must be positive"),
+        ("timeout nan", ["{canvas}", "--timeout", "nan"], "must be positive, got nan"),
         ("timeout x", ["{canvas}", "--timeout", "x"], "number of seconds"),
         ("retries x", ["{canvas}", "--retries", "x"], "must be a whole number, got 'x'"),
         ("retries -1", ["{canvas}", "--retries=-1"], "must be 0 or more, got -1"),
