@@ -14,6 +14,7 @@ from command_handlers import settings as settings_module
 from command_handlers.agent_definitions import load_agents
 from command_handlers.default_plugins import llm_agents
 from command_handlers.default_plugins.llm_agents import (
+    CHOSEN_ECHO_NOTICE,
     ECHO_MODEL,
     ECHO_NOTICE,
     LlmAgentExecutor,
@@ -273,7 +274,7 @@ def test_what_moved_is_still_importable_from_here() -> None:
 
 def test_check_settings_says_when_the_echo_model_answers() -> None:
     assert check_settings(Settings()) == ECHO_NOTICE
-    assert check_settings(Settings(model="echo")) == ECHO_NOTICE
+    assert check_settings(Settings(model="echo")) == CHOSEN_ECHO_NOTICE
     assert "--model" in ECHO_NOTICE
 
 

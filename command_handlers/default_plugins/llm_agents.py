@@ -49,6 +49,7 @@ from command_handlers.agent_definitions import AgentDefinition, AgentTask, load_
 from command_handlers.settings import ECHO_MODEL, Settings
 
 __all__ = [
+    "CHOSEN_ECHO_NOTICE",
     "ECHO_MODEL",
     "ECHO_NOTICE",
     "OPENAI_ADAPTER_LLM",
@@ -538,11 +539,14 @@ class LlmAgentExecutor:
         }
 
 
-#: What the ``check_settings`` hook says when the offline echo model answers.
+#: What the ``check_settings`` hook says when the offline echo model answers
+#: because no model was given.
 ECHO_NOTICE = (
     "No model configured: answers are echoes of the prompts."
     " Use --model (see `llm models`) for real answers."
 )
+#: ... and when ``--model echo`` asked for it.
+CHOSEN_ECHO_NOTICE = "Model echo: answers are echoes of the prompts, made offline."
 
 
 def _models_used(settings: Settings) -> dict[str, Any]:
@@ -590,7 +594,8 @@ def check_settings(settings: Settings) -> str | None:
         settings: The run's settings.
 
     Returns:
-        :data:`ECHO_NOTICE` when the run's model is the echo model, else ``None``.
+        :data:`ECHO_NOTICE` when the echo model answers because no model was
+        given, :data:`CHOSEN_ECHO_NOTICE` when ``--model echo`` chose it, else ``None``.
 
     Raises:
         ValueError: ``llm`` knows no model ``settings.model``, or a model the
@@ -608,7 +613,9 @@ def check_settings(settings: Settings) -> str | None:
         # The command's first run is set up next in this context: it uses these
         # instances rather than looking each model up again.
         run_calls().adopt(found)
-    return ECHO_NOTICE if uses_echo(settings) else None
+    if not uses_echo(settings):
+        return None
+    return ECHO_NOTICE if settings.model is None else CHOSEN_ECHO_NOTICE
 
 
 @hookimpl

@@ -448,7 +448,9 @@ def test_a_disk_with_no_room_at_all_refuses_the_run_before_any_call(
 
     assert code == 2
     assert out == ""
-    assert only_line(err) == f"error: cannot write the lock file beside {canvas}: No space left on device"
+    assert only_line(err) == (
+        f"error: cannot write the lock file beside {canvas}: No space left on device"
+    )
     assert canvas.read_bytes() == original
     assert sorted(path.name for path in canvas.parent.iterdir()) == [".obsidian", "notes.canvas"]
 
@@ -471,6 +473,8 @@ def test_a_lock_file_that_cannot_be_written_refuses_the_run(
     code, _, err = run_cli(canvas, "-a", "-q")
 
     assert code == 2
-    assert only_line(err) == f"error: cannot write the lock file beside {canvas}: No space left on device"
+    assert only_line(err) == (
+        f"error: cannot write the lock file beside {canvas}: No space left on device"
+    )
     assert canvas.read_bytes() == original
     assert not (canvas.parent / JOURNAL_NAME).exists()
