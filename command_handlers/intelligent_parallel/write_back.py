@@ -286,6 +286,7 @@ def write_answers(
     )
     placer = canvas.placer()
     last: dict[str, Rect] = {}
+    folder: str | None = None  # the documents' folder from the vault root
     for result in results:
         if result["status"] != "success" or result["task_id"] in gone:
             continue
@@ -297,14 +298,18 @@ def write_answers(
             lines = sum(1 + len(line) // 48 for line in text.splitlines())
             size = (INLINE_WIDTH, min(max(CARD_SIZE[1], 26 * lines + 40), 2400))
         else:
-            layout.folder.mkdir(parents=True, exist_ok=True)
+            if folder is None:
+                layout.folder.mkdir(parents=True, exist_ok=True)
+                # Resolved once: a document is created without following links,
+                # so its real path is the folder's plus its name.
+                folder = vault_path(layout.folder, layout.base, strict=False)
             topic = topics[note_id]
             document = _document(
                 layout.folder,
                 _stem(topic, agent),
                 f"# {topic}\n\n*{agent}*\n\n{answer.strip()}\n",
             )
-            result["document"] = vault_path(document, layout.base, strict=False)
+            result["document"] = document.name if folder == "." else f"{folder}/{document.name}"
             text = f"**{agent}** · {stamp}\n\n{_preview(answer)}"
             size = CARD_SIZE
         place = places.get(result["task_id"])
