@@ -276,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AGENT=N/s",
         help="a rate for one agent (repeatable)",
     )
+    _spending_arguments(parser)
     run.add_argument(
         "--fail-fast",
         action="store_true",
@@ -394,6 +395,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _spending_arguments(parser: argparse.ArgumentParser) -> None:
+    spend = parser.add_argument_group('cost (docs/cli.md, "Cost and caps")')
+    spend.add_argument(
+        "--price",
+        metavar="IN,OUT",
+        help="US dollars per million input and output tokens (default: genai-prices' price of"
+        " the model, when it knows the model)",
+    )
+    spend.add_argument(
+        "--budget-tokens",
+        type=_whole_number,
+        metavar="N",
+        help="start no call once the tokens spent and reserved would pass N (input plus output)",
+    )
+    spend.add_argument(
+        "--budget-usd",
+        type=float,
+        metavar="X",
+        help="start no call once the dollars spent and reserved would pass X (needs a price)",
+    )
+    spend.add_argument(
+        "--tpm",
+        type=float,
+        metavar="N",
+        help="at most N tokens a minute per model (each call's estimate, settled with its usage)",
+    )
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "max": args.max,
@@ -436,6 +465,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "resume": args.resume,
         "max_canvas_mb": args.max_canvas_mb,
         "max_answer_mb": args.max_answer_mb,
+        "price": args.price,
+        "budget_tokens": args.budget_tokens,
+        "budget_usd": args.budget_usd,
+        "tpm": args.tpm,
     }
 
 
@@ -476,6 +509,29 @@ def print_plan(console: Console, plan: Mapping[str, Any]) -> None:
         f"{plan['notes']} notes, {plan['calls']} calls, {plan['max_concurrency']} at once:"
         f" about {plan['estimate_seconds']} s at 10 s a call"
         + (" (following edges)" if waiting else "")
+    )
+    if "estimate" in plan:
+        _print_estimate(console, plan)
+
+
+def _print_estimate(console: Console, plan: Mapping[str, Any]) -> None:
+    """Per agent and in all: the estimated tokens in and out, and the cost where known."""
+
+    def line(estimate: Mapping[str, Any]) -> str:
+        usd = estimate["usd"]
+        cost = "cost unknown" if usd is None else f"${usd:.4f}"
+        return f"{estimate['input_tokens']:,} tokens in, {estimate['output_tokens']:,} out, {cost}"
+
+    agents = {name: entry for name, entry in plan["agents"].items() if entry["calls"]}
+    if len(agents) > 1:
+        for name, entry in agents.items():
+            console.print(f"  {name}: {line(entry['estimate'])}", markup=False, soft_wrap=True)
+    total = plan["estimate"]
+    console.print(
+        f"Estimate: {line(total)} (about 4 bytes a token"
+        + ("; no price: --price IN,OUT)" if total["usd"] is None else ")"),
+        markup=False,
+        soft_wrap=True,
     )
 
 
@@ -800,10 +856,7 @@ def _finish(
         for notice in result.notices:
             console.print(f"[yellow]{escape(notice)}[/]", soft_wrap=True)
     if result.kind == "dry-run":
-        assert result.plan is not None
-        print_plan(console, result.plan)
-        console.print("Dry run: nothing was called or written.")
-        return EXIT_OK
+        return _dry_run(console, args, result)
     if result.kind == "declined":
         console.print(result.message)
         return EXIT_OK
@@ -818,13 +871,28 @@ def _finish(
         return EXIT_OK
     _print_summary(console, result)
     if result.interrupted:
-        # How to go on is the run's error message: printed even under --quiet.
-        if args.quiet:
-            _say(result.message)
-        else:
-            console.print(f"[yellow]{escape(result.message)}[/]", soft_wrap=True)
+        _how_to_go_on(console, args, result.message)
         return interrupted_code
+    if result.message and not result.side_file:  # a budget reached
+        _how_to_go_on(console, args, result.message)
     return EXIT_OK if result.success else EXIT_FAILED
+
+
+def _how_to_go_on(console: Console, args: argparse.Namespace, message: str) -> None:
+    """How to go on is the run's error message: printed even under --quiet."""
+    if args.quiet:
+        _say(message)
+    else:
+        console.print(f"[yellow]{escape(message)}[/]", soft_wrap=True)
+
+
+def _dry_run(console: Console, args: argparse.Namespace, result: CommandResult) -> int:
+    assert result.plan is not None
+    if args.json:  # the report: the plan alone, nothing called
+        print(json.dumps(result.report, indent=2, ensure_ascii=False))
+    print_plan(console, result.plan)
+    console.print("Dry run: nothing was called or written.")
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

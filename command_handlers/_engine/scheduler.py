@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import random
 from collections.abc import Mapping, Sequence
 
@@ -41,6 +42,7 @@ class FixedOrder:
 
     releases = False
     next_wake: float | None = None
+    exhausted: str | None = None
 
     def __init__(self, ledger: Ledger) -> None:
         tasks = ledger.tasks
@@ -94,6 +96,8 @@ class ReadyQueue:
             (to free an agent slot or make dependents ready).
         next_wake: After :meth:`next_ready` found nothing startable, when a
             rate or a pause will let a ready task start.
+        exhausted: After :meth:`next_ready` found nothing startable, the
+            reason of a limit (a budget) that lets a ready task never start.
     """
 
     def __init__(
@@ -112,8 +116,10 @@ class ReadyQueue:
         self.dependency_aware = dependency_aware
         self.agent_limits = dict(agent_limits)
         self.agent_running = dict.fromkeys(self.agent_limits, 0)
-        self.releases = dependency_aware or bool(self.agent_limits)
+        self.limits = list(policy.limits)
+        self.releases = dependency_aware or bool(self.agent_limits) or bool(self.limits)
         self.next_wake: float | None = None
+        self.exhausted: str | None = None
         self.dependents: Sequence[Sequence[int]] = ()
         self.waiting_on: list[int] = []
         self.keys: list[int] = []
@@ -169,6 +175,7 @@ class ReadyQueue:
         ``Retry-After``, :attr:`next_wake` says when to look again.
         """
         now = self.loop.time()
+        self.exhausted = None
         wake: float | None = None
         best: str | None = None
         best_key = -1
@@ -180,15 +187,14 @@ class ReadyQueue:
                 self.agent_running[bucket] >= self.agent_limits[bucket]
             ):
                 continue  # a finishing task of this agent wakes the workers
-            at = max(global_at, self.paused_until.get(bucket, now))
-            if bucket in self.agent_rates:
-                at = max(at, self.agent_rates[bucket].ready_at(now))
+            at = self._start_at(bucket, heap[0], now, global_at)
             if at > now:
                 wake = at if wake is None else min(wake, at)
                 continue
             if best_key < 0 or heap[0] < best_key:
                 best, best_key = bucket, heap[0]
-        self.next_wake = wake
+        # math.inf: only a task ending (which wakes the workers) lets one start.
+        self.next_wake = None if wake == math.inf else wake
         if best_key < 0:
             return None
         heapq.heappop(self.ready[best])
@@ -200,12 +206,41 @@ class ReadyQueue:
             self.global_rate.take(now)
         if best in self.agent_rates:
             self.agent_rates[best].take(now)
+        for limit in self.limits:
+            limit.acquire(self.tasks[i], now)
         return i
+
+    def _start_at(self, bucket: str | None, key: int, now: float, global_at: float) -> float:
+        """When the task of heap key ``key`` may start: rates, pauses and limits.
+
+        A limit that says never sets :attr:`exhausted` and gives ``math.inf``.
+        """
+        at = max(global_at, self.paused_until.get(bucket, now))
+        if bucket in self.agent_rates:
+            at = max(at, self.agent_rates[bucket].ready_at(now))
+        if at > now or not self.limits:
+            return at
+        task = self.tasks[key % len(self.tasks)]
+        for limit in self.limits:
+            ready = limit.ready_at(task, now)
+            if ready is None:
+                self.exhausted = limit.reason
+                return math.inf
+            at = max(at, ready)
+        return at
+
+    def _settle(self, i: int, result: object) -> None:
+        """Tell the limits that task ``i`` ended, with its result (``None``: none)."""
+        now = self.loop.time()
+        for limit in self.limits:
+            limit.release(self.tasks[i], result, now)
 
     def release(self, i: int) -> None:
         """After task ``i`` succeeded: free its agent slot, make ready what waited only on it."""
+        if self.limits:
+            self._settle(i, self.ledger.results.get(self.tasks[i].task_id))
         if self.agent_limits:
-            self.release_agent(i)
+            self._free_slot(i)
         if self.dependency_aware:
             self._release_dependents(i)
 
@@ -223,7 +258,7 @@ class ReadyQueue:
         Returns:
             The positions of the tasks skipped now (recorded in the ledger).
         """
-        if self.agent_limits:
+        if self.agent_limits or self.limits:
             self.release_agent(i)
         if not self.dependency_aware:
             return []
@@ -243,7 +278,12 @@ class ReadyQueue:
         return skipped
 
     def release_agent(self, i: int) -> None:
-        """Give back the agent slot task ``i`` held."""
+        """Give back the agent slot task ``i`` held; it ended without a result."""
+        if self.limits:
+            self._settle(i, None)
+        self._free_slot(i)
+
+    def _free_slot(self, i: int) -> None:
         bucket = self.bucket(i)
         if bucket in self.agent_limits:
             self.agent_running[bucket] -= 1

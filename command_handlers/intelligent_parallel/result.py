@@ -39,10 +39,15 @@ _STATS = (
 )
 
 
-def make_stats(**values: int) -> dict[str, int]:
-    """The origin's ``stats`` dict (every key, 0 unless given), with ours added."""
-    stats = dict.fromkeys(_STATS, 0)
+def make_stats(**values: int) -> dict[str, Any]:
+    """The origin's ``stats`` dict (every key, 0 unless given), with ours added.
+
+    ``usd`` (what the calls cost) is ``None`` until the command sets it, and
+    stays so when a price is unknown.
+    """
+    stats: dict[str, Any] = dict.fromkeys(_STATS, 0)
     stats.update(values)
+    stats["usd"] = None
     return stats
 
 
@@ -142,7 +147,7 @@ class CommandResult:
     message: str = ""
     notices: list[str] = field(default_factory=list)
     plan: dict[str, Any] | None = None
-    stats: dict[str, int] = field(default_factory=make_stats)
+    stats: dict[str, Any] = field(default_factory=make_stats)
     results: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] | None = None
@@ -196,7 +201,7 @@ def report(
     canvas: str,
     written: str | None,
     elapsed: float,
-    stats: Mapping[str, int],
+    stats: Mapping[str, Any],
     results: Sequence[Mapping[str, Any]],
     skipped: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
