@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from command_handlers import hookimpl
+from command_handlers._plugins.usage import Exempt
 from command_handlers.async_execution_engine import (
     AsyncExecutionEngine,
     AsyncTask,
@@ -355,3 +356,20 @@ async def test_an_answer_replayed_from_the_cache_spends_nothing_of_the_budget() 
     assert spender.calls == ["d"]
     assert budget.spent == 100  # d's usage; nothing for the replayed c
     assert budget.reserved == {}
+
+
+def test_an_exempt_task_passes_a_limit_untouched() -> None:
+    budget = Budget(100, estimated_tokens, spent_tokens, label="100 tokens")
+    limit = Exempt(budget, {"replayed"})
+    replayed, called = task("replayed", 1000), task("called", 100)
+
+    assert limit.ready_at(replayed, 1.0) == 1.0
+    limit.acquire(replayed, 1.0)
+    limit.release(replayed, answer(500, 500), 2.0)
+    assert budget.spent == 0
+    assert limit.ready_at(called, 2.0) == 2.0
+    limit.acquire(called, 2.0)
+    limit.release(called, answer(50, 50), 3.0)
+    assert budget.spent == 100
+    assert limit.ready_at(task("next", 1), 3.0) is None
+    assert limit.reason == "budget of 100 tokens reached"
