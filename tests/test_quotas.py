@@ -373,3 +373,35 @@ def test_an_exempt_task_passes_a_limit_untouched() -> None:
     assert budget.spent == 100
     assert limit.ready_at(task("next", 1), 3.0) is None
     assert limit.reason == "budget of 100 tokens reached"
+
+
+async def test_runs_sharing_a_budget_see_each_other_s_calls_end() -> None:
+    # One budget for two runs: the second waits on the first's reservation, and
+    # starts once that call has ended (the first run's end does not wake it).
+    budget = Budget(150, estimated_tokens, spent_tokens)
+    started, release = asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+
+    async def held(of: AsyncTask) -> dict[str, Any]:
+        started.set()
+        await release.wait()
+        order.append("a ended")
+        return answer(10, 10)
+
+    async def after(of: AsyncTask) -> dict[str, Any]:
+        order.append("b started")
+        return answer(50, 50)
+
+    policy = RunPolicy(limits=[budget])
+    engine = AsyncExecutionEngine(max_concurrency=4)
+    first = asyncio.ensure_future(engine.execute_parallel([task("a", 100)], held, policy=policy))
+    await started.wait()
+    second = asyncio.ensure_future(engine.execute_parallel([task("b", 100)], after, policy=policy))
+    for _ in range(20):  # let the second run look at the budget (a + b would pass 150)
+        await asyncio.sleep(0)
+    release.set()
+
+    assert (await first)["success"] == 1
+    assert (await second)["success"] == 1
+    assert order == ["a ended", "b started"]
+    assert budget.spent == 20 + 100

@@ -94,6 +94,8 @@ class Budget:
         self.label = label or f"{capacity:g}"
         self.spent = float(spent)
         self.reserved: dict[str, float] = {}
+        #: The sum of :attr:`reserved`, kept as calls start and end.
+        self.held = 0.0
 
     @property
     def reason(self) -> str:
@@ -102,19 +104,22 @@ class Budget:
 
     def ready_at(self, task: AsyncTask, now: float) -> float | None:  # pylint: disable=unused-argument
         """``now`` if the task's estimate fits; ``math.inf`` while others run; else ``None``."""
-        held = sum(self.reserved.values())
-        if self.spent + held + self.estimate(task) <= self.capacity:
+        if self.spent + self.held + self.estimate(task) <= self.capacity:
             return now
-        return math.inf if held else None
+        # Whether calls run, not whether ``held`` is 0: a sum of floats may not return to 0.
+        return math.inf if self.reserved else None
 
     def acquire(self, task: AsyncTask, now: float) -> None:  # pylint: disable=unused-argument
         """Reserve the task's estimate."""
-        self.reserved[task.task_id] = self.estimate(task)
+        need = self.estimate(task)
+        self.reserved[task.task_id] = need
+        self.held += need
 
     def release(self, task: AsyncTask, result: Any, now: float) -> None:  # pylint: disable=unused-argument
         """Count what the task spent instead of its reservation."""
         held = self.reserved.pop(task.task_id, None)
         if held is not None:
+            self.held = self.held - held if self.reserved else 0.0
             self.spent += _settle(held, self.actual, task, result)
 
 

@@ -30,6 +30,9 @@ __all__ = ["FixedOrder", "ReadyQueue", "Retries", "Run", "Wakeups"]
 
 logger = logging.getLogger("command_handlers.engine")
 
+#: Seconds after which a task a limit holds until "a running task ends" is looked at again.
+LIMIT_RECHECK = 1.0
+
 
 class FixedOrder:
     """The queue of a flat run without agent limits, retries or rates: one fixed order.
@@ -189,12 +192,12 @@ class ReadyQueue:
                 continue  # a finishing task of this agent wakes the workers
             at = self._start_at(bucket, heap[0], now, global_at)
             if at > now:
-                wake = at if wake is None else min(wake, at)
+                if at != math.inf:  # never (a budget): no time to look again
+                    wake = at if wake is None else min(wake, at)
                 continue
             if best_key < 0 or heap[0] < best_key:
                 best, best_key = bucket, heap[0]
-        # math.inf: only a task ending (which wakes the workers) lets one start.
-        self.next_wake = None if wake == math.inf else wake
+        self.next_wake = wake
         if best_key < 0:
             return None
         heapq.heappop(self.ready[best])
@@ -226,6 +229,10 @@ class ReadyQueue:
             if ready is None:
                 self.exhausted = limit.reason
                 return math.inf
+            if ready == math.inf:
+                # A task ending wakes this run's workers; a task of another run
+                # sharing the limit does not: look again a little later.
+                ready = now + LIMIT_RECHECK
             at = max(at, ready)
         return at
 
