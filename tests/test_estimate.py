@@ -82,6 +82,17 @@ def test_each_call_is_the_prompt_plus_the_agent_s_own_tokens() -> None:
     assert calls["n1", "a"].total == sent + 350
 
 
+def test_a_note_that_builds_on_others_carries_their_answers() -> None:
+    first = note("n1", "base", a=NEW, b=ANSWERED)
+    second = note("n2", "builds on n1", a=NEW)
+    second.after = ["n1", "gone"]  # a prerequisite outside the selection counts nothing
+
+    calls = estimate_calls({"n1": first, "n2": second}, {}, {"a": 300})
+
+    alone = text_tokens(build_prompt("builds on n1"))
+    assert calls["n2", "a"].input_tokens == alone + 300 + DEFAULT_OUTPUT_TOKENS
+
+
 def test_an_agent_without_earlier_answers_gets_the_default_output() -> None:
     calls = estimate_calls({"n1": note("n1", "text", b=NEW)}, {}, {})
 

@@ -1,12 +1,13 @@
 """What a run is expected to spend: tokens per call, and dollars where a price is known.
 
 No tokenizer's data can be had offline, so tokens are estimated from text: a
-token is about four bytes of UTF-8 (:func:`tokens`), close for English prose
+token is about four bytes of UTF-8 (``text_tokens``), close for English prose
 and an over-count for code. A call's input is its prompt (the note, its
-material) and what its agent sends with every call (``register(...,
-prompt_tokens=)``: the system prompt); its output is the mean of this agent's
-earlier answers that the journal recorded (their real usage, else their text),
-or :data:`DEFAULT_OUTPUT_TOKENS`.
+material, and with ``--follow-edges`` the answers of the notes it builds on,
+each counted as its agent's output estimate) and what its agent sends with
+every call (``register(..., prompt_tokens=)``: the system prompt); its output
+is the mean of this agent's earlier answers that the journal recorded (their
+real usage, else their text), or :data:`DEFAULT_OUTPUT_TOKENS`.
 """
 
 from __future__ import annotations
@@ -18,18 +19,15 @@ from typing import Any
 
 from command_handlers.intelligent_parallel.notes import Note
 from command_handlers.intelligent_parallel.prompt import build_prompt
-from command_handlers.plugins import BYTES_PER_TOKEN
-from command_handlers.plugins import text_tokens as tokens
+from command_handlers.plugins import text_tokens
 from command_handlers.pricing import Price
 
 __all__ = [
-    "BYTES_PER_TOKEN",
     "DEFAULT_OUTPUT_TOKENS",
     "CallEstimate",
     "add_to_plan",
     "estimate_calls",
     "output_means",
-    "tokens",
 ]
 
 #: The output estimate of an agent with no earlier answer: about 600 words.
@@ -70,7 +68,7 @@ def output_means(records: Iterable[Any]) -> dict[str, int]:
         spent = getattr(record, "output_tokens", None)
         if spent is None:
             text = getattr(record, "text", None)
-            spent = tokens(text) if isinstance(text, str) else None
+            spent = text_tokens(text) if isinstance(text, str) else None
         if agent is None or spent is None:
             continue
         pair = sums.setdefault(str(agent), [0, 0])
@@ -98,7 +96,15 @@ def estimate_calls(
     for note in notes.values():
         if not note.todo:
             continue
-        sent = tokens(build_prompt(note.text, note.material))
+        sent = text_tokens(build_prompt(note.text, note.material))
+        # With --follow-edges the prompt also carries the answers of the notes it
+        # builds on: each counts as its agent's output estimate.
+        sent += sum(
+            means.get(agent, DEFAULT_OUTPUT_TOKENS)
+            for earlier in note.after
+            if earlier in notes
+            for agent in notes[earlier].agents
+        )
         for agent in note.todo:
             found[note.node_id, agent] = CallEstimate(
                 sent + prompt_tokens.get(agent, 0), means.get(agent, DEFAULT_OUTPUT_TOKENS)
