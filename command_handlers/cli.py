@@ -548,6 +548,12 @@ def _print_summary(console: Console, result: CommandResult) -> None:
         f"{docs} {_plural(docs, 'document')}, {cards} blue {_plural(cards, 'node')}, "
         f"{errors} {_plural(errors, 'error')} in {result.elapsed_seconds:.1f} s"
     )
+    if stats.get("usd") and (stats["input_tokens"] or stats["output_tokens"]):
+        console.print(
+            f"Spent {stats['input_tokens']:,} tokens in, {stats['output_tokens']:,} out:"
+            f" ${stats['usd']:.4f}",
+            markup=False,
+        )
     if stats["skipped_answered"]:
         count = stats["skipped_answered"]
         console.print(

@@ -187,6 +187,7 @@ def test_a_dollar_budget_with_a_price(
     assert code == 1, err
     assert len(server.requests) == 3
     assert report["stats"]["usd"] == pytest.approx(3 * SPENT / 1_000_000)
+    assert f"Spent {3 * USAGE[0]:,} tokens in, {3 * USAGE[1]:,} out: $0.0120" in err
     assert "budget of $" in err
     assert "3 notes not answered" in " ".join(err.split())
     assert low <= high
