@@ -59,6 +59,7 @@ from command_handlers.async_execution_engine import (
     RateLimit,
     RetryPolicy,
     RunPolicy,
+    StartLimit,
     TaskOutcome,
     TaskTimeoutError,
     TokenRate,
@@ -90,6 +91,7 @@ __all__ = [
     "RetryPolicy",
     "RunInfo",
     "RunPolicy",
+    "StartLimit",
     "TaskOutcome",
     "TaskTimeoutError",
     "TokenRate",
@@ -391,7 +393,7 @@ def _plugin_policy(
 
         retry_if = decide
     listeners = Listeners(pm, "on_task_retry", policy.retry_callback)
-    limits: list[Any] = [*policy.limits, *agent_token_rates(registry.tpms())]
+    limits: list[StartLimit] = [*policy.limits, *agent_token_rates(registry.tpms())]
     if cached and limits:  # a replayed answer makes no call: it spends nothing
         limits = [Exempt(limit, frozenset(cached)) for limit in limits]
     return dataclasses.replace(

@@ -6,8 +6,9 @@ import asyncio
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
+from command_handlers._engine.quotas import StartLimit
 from command_handlers._engine.rates import RateLimit
 from command_handlers._engine.retry import RetryPolicy
 from command_handlers._engine.tasks import RetryCallback
@@ -56,7 +57,7 @@ class RunPolicy:
     stop: Optional[asyncio.Event] = None  # noqa: UP045
     stop_grace: Optional[float] = None  # noqa: UP045
     rng: Optional[random.Random] = None  # noqa: UP045
-    limits: Sequence[Any] = ()
+    limits: Sequence[StartLimit] = ()
 
     def __post_init__(self) -> None:
         for name in ("task_timeout", "stop_grace"):

@@ -17,6 +17,7 @@ from command_handlers.plugins import (
     AsyncTask,
     Budget,
     ExecutorRegistry,
+    StartLimit,
     TokenRate,
     estimated_tokens,
     spent_tokens,
@@ -77,7 +78,7 @@ def run_limits(
     calls: Mapping[str, CallEstimate],
     prices: Mapping[str, Price | None],
     models: Mapping[str, str | None],
-) -> list[Any]:
+) -> list[StartLimit]:
     """The engine limits of ``--budget-tokens``, ``--budget-usd`` and ``--tpm``.
 
     Args:
@@ -89,7 +90,7 @@ def run_limits(
     Returns:
         The limits, for :attr:`RunPolicy.limits`.
     """
-    limits: list[Any] = []
+    limits: list[StartLimit] = []
     if opts.budget_tokens is not None:
         label = f"{opts.budget_tokens:,} tokens"
         limits.append(Budget(opts.budget_tokens, estimated_tokens, spent_tokens, label=label))
