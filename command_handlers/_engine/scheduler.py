@@ -171,14 +171,18 @@ class ReadyQueue:
         name = self.tasks[i].agent_name
         return name if self.bucket_all or name in self.agent_limits else None
 
-    def next_ready(self) -> int | None:
+    def next_ready(self) -> int | None:  # pylint: disable=too-many-branches
         """Take the best ready task whose agent may start now, if any, and mark it running.
 
         When tasks are ready but must wait for a rate or a server's
         ``Retry-After``, :attr:`next_wake` says when to look again.
         """
         now = self.loop.time()
-        self.exhausted = None
+        # Written out in one method on purpose: a run with retries (the
+        # command's default) takes this path for every task.
+        limits = self.limits
+        if limits:
+            self.exhausted = None
         wake: float | None = None
         best: str | None = None
         best_key = -1
@@ -190,10 +194,16 @@ class ReadyQueue:
                 self.agent_running[bucket] >= self.agent_limits[bucket]
             ):
                 continue  # a finishing task of this agent wakes the workers
-            at = self._start_at(bucket, heap[0], now, global_at)
+            at = max(global_at, self.paused_until.get(bucket, now))
+            if bucket in self.agent_rates:
+                at = max(at, self.agent_rates[bucket].ready_at(now))
+            if limits and at <= now:
+                limited = self._limited_at(heap[0], now)
+                if limited is None:
+                    continue  # never (a budget): no time to look again
+                at = limited
             if at > now:
-                if at != math.inf:  # never (a budget): no time to look again
-                    wake = at if wake is None else min(wake, at)
+                wake = at if wake is None else min(wake, at)
                 continue
             if best_key < 0 or heap[0] < best_key:
                 best, best_key = bucket, heap[0]
@@ -213,22 +223,18 @@ class ReadyQueue:
             limit.acquire(self.tasks[i], now)
         return i
 
-    def _start_at(self, bucket: str | None, key: int, now: float, global_at: float) -> float:
-        """When the task of heap key ``key`` may start: rates, pauses and limits.
+    def _limited_at(self, key: int, now: float) -> float | None:
+        """When the limits let the task of heap key ``key`` start.
 
-        A limit that says never sets :attr:`exhausted` and gives ``math.inf``.
+        ``None``: never; :attr:`exhausted` then holds the limit's reason.
         """
-        at = max(global_at, self.paused_until.get(bucket, now))
-        if bucket in self.agent_rates:
-            at = max(at, self.agent_rates[bucket].ready_at(now))
-        if at > now or not self.limits:
-            return at
+        at = now
         task = self.tasks[key % len(self.tasks)]
         for limit in self.limits:
             ready = limit.ready_at(task, now)
             if ready is None:
                 self.exhausted = limit.reason
-                return math.inf
+                return None
             if ready == math.inf:
                 # A task ending wakes this run's workers; a task of another run
                 # sharing the limit does not: look again a little later.
