@@ -93,10 +93,14 @@ def test_a_note_that_builds_on_others_carries_their_answers() -> None:
     assert calls["n2", "a"].input_tokens == alone + 300 + DEFAULT_OUTPUT_TOKENS
 
 
-def test_an_agent_without_earlier_answers_gets_the_default_output() -> None:
-    calls = estimate_calls({"n1": note("n1", "text", b=NEW)}, {}, {})
+def test_an_agent_without_earlier_answers_gets_its_own_or_the_default_output() -> None:
+    notes = {"n1": note("n1", "text", a=NEW, b=NEW, c=NEW)}
 
-    assert calls["n1", "b"].output_tokens == DEFAULT_OUTPUT_TOKENS
+    calls = estimate_calls(notes, {}, {"a": 250}, {"a": 100, "b": 300})
+
+    assert calls["n1", "a"].output_tokens == 250  # earlier answers win
+    assert calls["n1", "b"].output_tokens == 300  # the agent's own
+    assert calls["n1", "c"].output_tokens == DEFAULT_OUTPUT_TOKENS
 
 
 def test_the_plan_gets_an_estimate_per_agent_and_in_all() -> None:

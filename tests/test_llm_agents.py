@@ -99,6 +99,7 @@ def test_registers_every_bundled_agent_with_its_description() -> None:
             "fingerprint": definitions[name].model or ECHO_MODEL,
             # The system prompt's estimated tokens, for the plan's estimate of each call.
             "prompt_tokens": text_tokens(definitions[name].system_prompt),
+            "output_tokens": None,  # no bundled agent declares its own
         }
         assert executor.agent == definitions[name]
 
@@ -115,6 +116,7 @@ def test_agents_dirs_add_agents(tmp_path: Path) -> None:
         "description": "tutor explains.",
         "fingerprint": ECHO_MODEL,
         "prompt_tokens": text_tokens(load_agents([folder])["tutor"].system_prompt),
+        "output_tokens": None,
     }
 
 

@@ -319,9 +319,13 @@ def test_register_refuses_a_bad_tpm_or_prompt_tokens() -> None:
     for bad_count in (-1, 1.5, True):
         with pytest.raises(ValueError, match="prompt_tokens of agent 'x'"):
             registry.add("p", "x", spender, prompt_tokens=bad_count)  # type: ignore[arg-type]
-    registry.add("p", "x", spender, tpm=60, prompt_tokens=7)
+        with pytest.raises(ValueError, match="output_tokens of agent 'x'"):
+            registry.add("p", "x", spender, output_tokens=bad_count)  # type: ignore[arg-type]
+    registry.add("p", "x", spender, tpm=60, prompt_tokens=7, output_tokens=300)
+    registry.add("p", "y", spender)
     assert registry.tpms() == {"x": 60.0}
     assert registry.prompt_tokens("x") == 7
+    assert registry.output_tokens() == {"x": 300}
     assert registry.prompt_tokens("nobody") == 0
 
 

@@ -77,6 +77,7 @@ class _Registration:
     internal: bool = False
     tpm: float | None = None
     prompt_tokens: int = 0
+    output_tokens: int | None = None
 
 
 class ExecutorRegistry:
@@ -99,6 +100,7 @@ class ExecutorRegistry:
         internal: bool = False,
         tpm: float | None = None,
         prompt_tokens: int = 0,
+        output_tokens: int | None = None,
     ) -> None:
         """Register ``executor`` for ``agent_name`` on behalf of ``plugin``.
 
@@ -119,11 +121,15 @@ class ExecutorRegistry:
                 starts and settled with its result's ``usage`` when it ends).
             prompt_tokens: The tokens every call sends besides the task's
                 prompt (a system prompt), for the estimate of each call.
+            output_tokens: The tokens a call of this agent is expected to
+                answer, until earlier answers say better (``None``: the
+                command's default).
 
         Raises:
             TypeError: ``executor`` is not callable.
             ValueError: ``max_concurrency`` is not a positive int, ``rate`` not
-                a rate, or ``tpm`` or ``prompt_tokens`` not a positive number.
+                a rate, ``tpm`` not a positive number, or ``prompt_tokens`` or
+                ``output_tokens`` not a whole number.
             DuplicateAgentError: Another plugin registered the name and neither
                 or both override.
         """
@@ -140,7 +146,7 @@ class ExecutorRegistry:
                 f"plugin {plugin!r}: max_concurrency of agent {agent_name!r} must be a positive"
                 f" int, got {max_concurrency!r}"
             )
-        _check_tokens(plugin, agent_name, tpm, prompt_tokens)
+        _check_tokens(plugin, agent_name, tpm, prompt_tokens, output_tokens)
         new = _Registration(
             executor,
             plugin,
@@ -152,6 +158,7 @@ class ExecutorRegistry:
             internal,
             None if tpm is None else float(tpm),
             int(prompt_tokens),
+            output_tokens,
         )
         old = self._agents.get(agent_name)
         if old is not None and old.override == override:
@@ -214,6 +221,14 @@ class ExecutorRegistry:
     def tpms(self) -> dict[str, float]:
         """Return agent name -> its tokens per minute, for the agents that have one."""
         return {name: reg.tpm for name, reg in self._agents.items() if reg.tpm is not None}
+
+    def output_tokens(self) -> dict[str, int]:
+        """Return agent name -> the tokens a call is expected to answer, for those that said."""
+        return {
+            name: reg.output_tokens
+            for name, reg in self._agents.items()
+            if reg.output_tokens is not None
+        }
 
     def prompt_tokens(self, agent_name: str) -> int:
         """Return the tokens every call of ``agent_name`` sends besides the task's prompt.
@@ -286,19 +301,25 @@ def _parse_rate(
         raise ValueError(f"plugin {plugin!r}: agent {agent_name!r}: {error}") from None
 
 
-def _check_tokens(plugin: str, agent_name: str, tpm: object, prompt_tokens: object) -> None:
-    """Refuse a ``tpm`` that is not a positive number, ``prompt_tokens`` not a whole number."""
+def _check_tokens(
+    plugin: str, agent_name: str, tpm: object, prompt_tokens: object, output_tokens: object
+) -> None:
+    """Refuse a ``tpm`` that is not a positive number, token counts that are not whole numbers."""
     if tpm is not None and (
         isinstance(tpm, bool) or not isinstance(tpm, (int, float)) or not tpm > 0
     ):
         raise ValueError(
             f"plugin {plugin!r}: tpm of agent {agent_name!r} must be a positive number, got {tpm!r}"
         )
-    if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int) or prompt_tokens < 0:
-        raise ValueError(
-            f"plugin {plugin!r}: prompt_tokens of agent {agent_name!r} must be a whole"
-            f" number >= 0, got {prompt_tokens!r}"
-        )
+    counts = {"prompt_tokens": prompt_tokens, "output_tokens": output_tokens}
+    if output_tokens is None:
+        del counts["output_tokens"]
+    for name, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(
+                f"plugin {plugin!r}: {name} of agent {agent_name!r} must be a whole"
+                f" number >= 0, got {count!r}"
+            )
 
 
 def plugin_name(pm: pluggy.PluginManager, impl: pluggy.HookImpl) -> str:

@@ -627,6 +627,7 @@ def register_executors(register: Callable[..., None], settings: Settings) -> Non
             description=agent.description,
             fingerprint=agent.model or run_model_id(settings),
             prompt_tokens=text_tokens(agent.system_prompt or ""),
+            output_tokens=agent.extra.get("output_tokens"),
         )
 
 

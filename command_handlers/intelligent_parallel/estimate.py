@@ -7,7 +7,9 @@ material, and with ``--follow-edges`` the answers of the notes it builds on,
 each counted as its agent's output estimate) and what its agent sends with
 every call (``register(..., prompt_tokens=)``: the system prompt); its output
 is the mean of this agent's earlier answers that the journal recorded (their
-real usage, else their text), or :data:`DEFAULT_OUTPUT_TOKENS`.
+real usage, else their text), else what the agent declares
+(``register(..., output_tokens=)``; an agent file's ``output_tokens``), else
+:data:`DEFAULT_OUTPUT_TOKENS`.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def estimate_calls(
     notes: Mapping[str, Note],
     prompt_tokens: Mapping[str, int],
     means: Mapping[str, int],
+    defaults: Mapping[str, int] | None = None,
 ) -> dict[tuple[str, str], CallEstimate]:
     """(note id, agent) -> the estimate of each call the run would make.
 
@@ -88,10 +91,13 @@ def estimate_calls(
         notes: The selected notes, decided (their ``todo`` agents are called).
         prompt_tokens: Agent -> the tokens it sends with every call.
         means: Agent -> its mean output tokens (:func:`output_means`).
+        defaults: Agent -> its output tokens when it has no earlier answer
+            (``register(..., output_tokens=)``); else :data:`DEFAULT_OUTPUT_TOKENS`.
 
     Returns:
         The estimates.
     """
+    answers = {**dict(defaults or {}), **means}
     found: dict[tuple[str, str], CallEstimate] = {}
     for note in notes.values():
         if not note.todo:
@@ -100,14 +106,14 @@ def estimate_calls(
         # With --follow-edges the prompt also carries the answers of the notes it
         # builds on: each counts as its agent's output estimate.
         sent += sum(
-            means.get(agent, DEFAULT_OUTPUT_TOKENS)
+            answers.get(agent, DEFAULT_OUTPUT_TOKENS)
             for earlier in note.after
             if earlier in notes
             for agent in notes[earlier].agents
         )
         for agent in note.todo:
             found[note.node_id, agent] = CallEstimate(
-                sent + prompt_tokens.get(agent, 0), means.get(agent, DEFAULT_OUTPUT_TOKENS)
+                sent + prompt_tokens.get(agent, 0), answers.get(agent, DEFAULT_OUTPUT_TOKENS)
             )
     return found
 

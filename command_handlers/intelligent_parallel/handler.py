@@ -626,6 +626,7 @@ def _estimate(command: _Command, plan: dict[str, Any], records: Sequence[Any]) -
         command.notes,
         {name: registry.prompt_tokens(name) for name in registry.names},
         output_means(records),
+        registry.output_tokens(),
     )
     add_to_plan(plan, calls, command.prices)
     command.calls.update({task_id(note, agent): call for (note, agent), call in calls.items()})

@@ -128,3 +128,29 @@ def test_a_generous_budget_and_a_tpm_answer_every_note(run_cli: Run, canvas_file
     report = json.loads(out)
     assert {task["status"] for task in report["tasks"]} == {"success"}
     assert report["stats"]["usd"] == 0.0
+
+
+def test_an_agent_file_can_declare_its_output_tokens(
+    run_cli: Run, canvas_file: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "agents"
+    folder.mkdir()
+    (folder / "brief.md").write_text(
+        "---\nname: brief\noutput_tokens: 120\n---\nAnswer in two sentences.\n", "utf-8"
+    )
+    (folder / "wordy.md").write_text(
+        "---\nname: wordy\noutput_tokens: many\n---\nAnswer at length.\n", "utf-8"
+    )
+
+    code, out, err = run_cli(
+        canvas_file, "-d", "--json", "--agents-dir", folder, "--agents", "brief"
+    )
+    assert code == 2  # the other file of the folder is refused: nothing runs
+    assert "output_tokens of agent 'wordy'" in err
+
+    (folder / "wordy.md").unlink()
+    code, out, err = run_cli(
+        canvas_file, "-d", "--json", "--agents-dir", folder, "--agents", "brief"
+    )
+    assert code == 0, err
+    assert json.loads(out)["plan"]["estimate"]["output_tokens"] == 120 * len(NOTE_IDS)
