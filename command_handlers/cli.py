@@ -894,7 +894,12 @@ def _how_to_go_on(console: Console, args: argparse.Namespace, message: str) -> N
 
 def _dry_run(console: Console, args: argparse.Namespace, result: CommandResult) -> int:
     assert result.plan is not None
-    if args.json:  # the report: the plan alone, nothing called
+    # The report: the plan alone, nothing called.
+    if args.report:
+        Path(args.report).write_text(
+            json.dumps(result.report, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
+    if args.json:
         print(json.dumps(result.report, indent=2, ensure_ascii=False))
     print_plan(console, result.plan)
     console.print("Dry run: nothing was called or written.")

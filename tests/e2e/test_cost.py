@@ -18,14 +18,17 @@ NOTE_IDS = ("note-recursion", "note-closure")
 
 
 def test_a_dry_run_with_json_prints_the_plan_and_its_estimate(
-    run_cli: Run, canvas_file: Path
+    run_cli: Run, canvas_file: Path, tmp_path: Path
 ) -> None:
     original = canvas_file.read_bytes()
 
-    code, out, err = run_cli(canvas_file, "--dry-run", "--json")
+    report_file = tmp_path / "plan.json"
+
+    code, out, err = run_cli(canvas_file, "--dry-run", "--json", "--report", report_file)
 
     assert code == 0, err
     report = json.loads(out)
+    assert json.loads(report_file.read_text(encoding="utf-8")) == report
     assert report["tasks"] == []
     plan = report["plan"]
     assert plan["calls"] == len(NOTE_IDS)
