@@ -172,6 +172,28 @@ def test_a_token_budget_answers_the_calls_that_fit_and_a_rerun_the_rest(
     assert report["stats"]["skipped_answered"] == 5
 
 
+def test_calls_at_once_never_pass_a_budget_when_answers_are_as_short_as_estimated(
+    server: LlmServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.usage = (100, 100)  # less than each call's estimate
+    server.latency = 0.05
+    canvas = notes_canvas(tmp_path, 12)
+    low, high = estimates(capsys, canvas)
+    assert low > 200
+    # Calls start while spent + reserved + the next estimate fit; each settles at
+    # 200: the run stops once none runs and the next does not fit. That is the
+    # 4th call's end here (3 * 200 + an estimate fits, 4 * 200 + one does not).
+    budget = high + 3 * 200 + 100
+
+    code, report, err = run(capsys, canvas, "--auto", "-m", 4, "--budget-tokens", budget)
+
+    assert code == 1, err
+    assert len(server.requests) == 4
+    spent = report["stats"]["input_tokens"] + report["stats"]["output_tokens"]
+    assert spent == 4 * 200 <= budget
+    assert server.max_in_flight < 4  # reserved estimates held the others back
+
+
 def test_a_dollar_budget_with_a_price(
     server: LlmServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
