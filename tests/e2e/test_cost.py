@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -157,3 +159,18 @@ def test_an_agent_file_can_declare_its_output_tokens(
     )
     assert code == 0, err
     assert json.loads(out)["plan"]["estimate"]["output_tokens"] == 120 * len(NOTE_IDS)
+
+
+def test_an_echo_dry_run_loads_no_price_data(canvas_file: Path) -> None:
+    """The echo model is free: its plan needs no price data (nor pydantic under it)."""
+    probe = (
+        "import sys\n"
+        "from command_handlers.cli import main\n"
+        f"code = main([{str(canvas_file)!r}, '--dry-run', '-q'])\n"
+        "print(code, 'genai_prices' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert done.stdout.split() == ["0", "False"], done.stderr
