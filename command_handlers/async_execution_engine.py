@@ -45,6 +45,7 @@ from command_handlers._engine.limits import (
     check_limit,
 )
 from command_handlers._engine.policy import RunPolicy
+from command_handlers._engine.quotas import Budget, StartLimit, TokenRate
 from command_handlers._engine.rates import RateLimit
 from command_handlers._engine.retry import RetryPolicy, is_retryable, retry_after
 from command_handlers._engine.scheduler import Run
@@ -71,6 +72,7 @@ __all__ = [
     "STATUSES",
     "AsyncExecutionEngine",
     "AsyncTask",
+    "Budget",
     "DependencyCycleError",
     "EndCallback",
     "ExecutorFunc",
@@ -80,8 +82,10 @@ __all__ = [
     "RetryPolicy",
     "RunPolicy",
     "StartCallback",
+    "StartLimit",
     "TaskOutcome",
     "TaskTimeoutError",
+    "TokenRate",
     "check_limit",
     "is_retryable",
     "retry_after",

@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AGENT=N/s",
         help="a rate for one agent (repeatable)",
     )
+    _spending_arguments(parser)
     run.add_argument(
         "--fail-fast",
         action="store_true",
@@ -402,6 +403,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _spending_arguments(parser: argparse.ArgumentParser) -> None:
+    spend = parser.add_argument_group('cost (docs/cli.md, "Cost and caps")')
+    spend.add_argument(
+        "--price",
+        metavar="IN,OUT",
+        help="US dollars per million input and output tokens (default: genai-prices' price of"
+        " the model, when it knows the model)",
+    )
+    spend.add_argument(
+        "--budget-tokens",
+        type=_whole_number,
+        metavar="N",
+        help="start no call once the tokens spent and reserved would pass N (input plus output)",
+    )
+    spend.add_argument(
+        "--budget-usd",
+        type=float,
+        metavar="X",
+        help="start no call once the dollars spent and reserved would pass X (needs a price)",
+    )
+    spend.add_argument(
+        "--tpm",
+        type=float,
+        metavar="N",
+        help="at most N tokens a minute per model (each call's estimate, settled with its usage)",
+    )
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "max": args.max,
@@ -444,6 +473,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "resume": args.resume,
         "max_canvas_mb": args.max_canvas_mb,
         "max_answer_mb": args.max_answer_mb,
+        "price": args.price,
+        "budget_tokens": args.budget_tokens,
+        "budget_usd": args.budget_usd,
+        "tpm": args.tpm,
     }
 
 
@@ -487,6 +520,29 @@ def print_plan(console: Console, plan: Mapping[str, Any]) -> None:
         f" about {plan['estimate_seconds']} s at 10 s a call"
         + (" (following edges)" if waiting else "")
     )
+    if "estimate" in plan:
+        _print_estimate(console, plan)
+
+
+def _print_estimate(console: Console, plan: Mapping[str, Any]) -> None:
+    """Per agent and in all: the estimated tokens in and out, and the cost where known."""
+
+    def line(estimate: Mapping[str, Any]) -> str:
+        usd = estimate["usd"]
+        cost = "cost unknown" if usd is None else f"${usd:.4f}"
+        return f"{estimate['input_tokens']:,} tokens in, {estimate['output_tokens']:,} out, {cost}"
+
+    agents = {name: entry for name, entry in plan["agents"].items() if entry["calls"]}
+    if len(agents) > 1:
+        for name, entry in agents.items():
+            console.print(f"  {name}: {line(entry['estimate'])}", markup=False, soft_wrap=True)
+    total = plan["estimate"]
+    console.print(
+        f"Estimate: {line(total)} (about 4 bytes a token"
+        + ("; no price: --price IN,OUT)" if total["usd"] is None else ")"),
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def _plural(count: int, word: str) -> str:
@@ -504,6 +560,12 @@ def _print_summary(console: Console, result: CommandResult) -> None:
         f"{docs} {_plural(docs, 'document')}, {cards} blue {_plural(cards, 'node')}, "
         f"{errors} {_plural(errors, 'error')} in {result.elapsed_seconds:.1f} s"
     )
+    if stats.get("usd") and (stats["input_tokens"] or stats["output_tokens"]):
+        console.print(
+            f"Spent {stats['input_tokens']:,} tokens in, {stats['output_tokens']:,} out:"
+            f" ${stats['usd']:.4f}",
+            markup=False,
+        )
     if stats["skipped_answered"]:
         count = stats["skipped_answered"]
         console.print(
@@ -844,10 +906,7 @@ def _finish(
         for notice in result.notices:
             console.print(f"[yellow]{escape(notice)}[/]", soft_wrap=True)
     if result.kind == "dry-run":
-        assert result.plan is not None
-        print_plan(console, result.plan)
-        console.print("Dry run: nothing was called or written.")
-        return EXIT_OK
+        return _dry_run(console, args, result)
     if result.kind == "declined":
         console.print(result.message)
         return EXIT_OK
@@ -865,6 +924,8 @@ def _finish(
         _print_why(console, args.quiet, result)
     if result.interrupted:
         return interrupted_code
+    if result.message and not result.side_file and not result.failure:  # a budget reached
+        _how_to_go_on(console, args, result.message)
     return EXIT_OK if result.success else EXIT_FAILED
 
 
@@ -881,6 +942,28 @@ def _print_why(console: Console, quiet: bool, result: CommandResult) -> None:
         _say(result.message)
     else:
         console.print(f"[yellow]{escape(result.message)}[/]", soft_wrap=True)
+
+
+def _how_to_go_on(console: Console, args: argparse.Namespace, message: str) -> None:
+    """How to go on is the run's error message: printed even under --quiet."""
+    if args.quiet:
+        _say(message)
+    else:
+        console.print(f"[yellow]{escape(message)}[/]", soft_wrap=True)
+
+
+def _dry_run(console: Console, args: argparse.Namespace, result: CommandResult) -> int:
+    assert result.plan is not None
+    # The report: the plan alone, nothing called.
+    if args.report:
+        Path(args.report).write_text(
+            json.dumps(result.report, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
+    if args.json:
+        print(json.dumps(result.report, indent=2, ensure_ascii=False))
+    print_plan(console, result.plan)
+    console.print("Dry run: nothing was called or written.")
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

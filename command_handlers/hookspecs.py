@@ -237,10 +237,18 @@ def register_executors(register: Callable[..., None], settings: Any) -> None:
 
     Call ``register(agent_name, executor, max_concurrency=None, *,
     description="", override=False, rate=None, fingerprint=None,
-    internal=False)`` once per agent. ``executor`` is ``async def (task) ->
-    dict``. ``max_concurrency`` caps how many calls of that one agent run at
-    once, on top of the run's limit; ``rate`` caps how many start per second
-    (``"10/min"``, a number per second, or a ``RateLimit``); ``fingerprint``
+    internal=False, tpm=None, prompt_tokens=0, output_tokens=None)`` once
+    per agent. ``executor``
+    is ``async def (task) -> dict``. ``max_concurrency`` caps how many calls
+    of that one agent run at once, on top of the run's limit; ``rate`` caps
+    how many start per second (``"10/min"``, a number per second, or a
+    ``RateLimit``); ``tpm`` caps the tokens its calls spend a minute (each
+    call's estimate, ``task.node_data["estimated_tokens"]``, is reserved
+    when it starts and settled with its result's ``usage`` when it ends);
+    ``prompt_tokens`` is what every call sends besides the task's prompt (a
+    system prompt) and ``output_tokens`` what a call is expected to answer
+    (until the journal holds earlier answers), for the plan's estimate;
+    ``fingerprint``
     says what answers (a model id, a command line): it is part of every
     answer's input hash, so changing it answers the notes again;
     ``internal=True`` keeps the agent out of the agents offered to notes (a

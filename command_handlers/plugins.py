@@ -39,6 +39,15 @@ from command_handlers._plugins.registry import (
     collect_executors,
     offloading,
 )
+from command_handlers._plugins.usage import (
+    BYTES_PER_TOKEN,
+    ESTIMATE_KEY,
+    Exempt,
+    agent_token_rates,
+    estimated_tokens,
+    spent_tokens,
+    text_tokens,
+)
 from command_handlers.async_execution_engine import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DEPENDENCY_LIMIT,
@@ -46,12 +55,15 @@ from command_handlers.async_execution_engine import (
     MIN_CONCURRENCY,
     STATUSES,
     AsyncTask,
+    Budget,
     DependencyCycleError,
     RateLimit,
     RetryPolicy,
     RunPolicy,
+    StartLimit,
     TaskOutcome,
     TaskTimeoutError,
+    TokenRate,
     check_limit,
 )
 from command_handlers.hookspecs import StopRun
@@ -59,16 +71,19 @@ from command_handlers.settings import Settings
 
 __all__ = [
     "BUILTIN_PLUGINS",
+    "BYTES_PER_TOKEN",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_DEPENDENCY_LIMIT",
     "DISABLE_PLUGINS_ENV",
     "ENTRY_POINT_GROUP",
+    "ESTIMATE_KEY",
     "LOAD_PLUGINS_ENV",
     "MAX_CONCURRENCY",
     "MIN_CONCURRENCY",
     "PLUGINS_ENV",
     "STATUSES",
     "AsyncTask",
+    "Budget",
     "DependencyCycleError",
     "DuplicateAgentError",
     "ExecutorRegistry",
@@ -78,17 +93,22 @@ __all__ = [
     "RetryPolicy",
     "RunInfo",
     "RunPolicy",
+    "StartLimit",
     "StopRun",
     "TaskOutcome",
     "TaskTimeoutError",
+    "TokenRate",
     "UnknownAgentError",
     "check_limit",
     "collect_executors",
+    "estimated_tokens",
     "get_plugin_manager",
     "list_plugins",
     "notify",
     "offloading",
     "run_tasks",
+    "spent_tokens",
+    "text_tokens",
 ]
 
 
@@ -243,7 +263,7 @@ async def run_tasks(
             progress_callback=progress.callback(),
             start_callback=Listeners(pm, "on_task_start", stop=halt).callback(),
             end_callback=end_callback,
-            policy=_plugin_policy(pm, registry, policy),
+            policy=_plugin_policy(pm, registry, policy, cached),
         )
         if pending is None:
             raise RuntimeError("no plugin implements execute_tasks")
@@ -394,9 +414,12 @@ def _answer_from(
 
 
 def _plugin_policy(
-    pm: pluggy.PluginManager, registry: ExecutorRegistry, policy: RunPolicy | None
+    pm: pluggy.PluginManager,
+    registry: ExecutorRegistry,
+    policy: RunPolicy | None,
+    cached: Mapping[str, Any] | None = None,
 ) -> RunPolicy:
-    """The caller's policy, with the agents' rates and the plugins' retry hooks added."""
+    """The caller's policy, with the agents' limits and the plugins' retry hooks added."""
     policy = policy or RunPolicy()
     rates: dict[str, Any] = {**registry.rates(), **dict(policy.agent_rates)}
     retry_if = policy.retry_if
@@ -410,8 +433,12 @@ def _plugin_policy(
 
         retry_if = decide
     listeners = Listeners(pm, "on_task_retry", policy.retry_callback)
+    limits: list[StartLimit] = [*policy.limits, *agent_token_rates(registry.tpms())]
+    if cached and limits:  # a replayed answer makes no call: it spends nothing
+        limits = [Exempt(limit, frozenset(cached)) for limit in limits]
     return dataclasses.replace(
         policy,
+        limits=limits,
         agent_rates=rates,
         retry_if=retry_if,
         retry_callback=listeners.callback(),

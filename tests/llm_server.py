@@ -99,6 +99,9 @@ class LlmServer:
         api_key: str | None = None,
     ) -> None:
         self.latency = latency
+        #: ``(prompt_tokens, completion_tokens)`` every answer reports, when set
+        #: (else the words of the prompt and of the answer).
+        self.usage: tuple[int, int] | None = None
         self.no_stream = set(no_stream)
         self.api_key = api_key
         self.scripts: dict[str, Script] = {}
@@ -258,12 +261,12 @@ class _Handler(BaseHTTPRequestHandler):
             if status != 200:
                 self._error(status, script.headers if status in (429, 503) else {})
                 return
-            words = len(text.split())
             answer = answer_text(note or "nothing")
+            sent, answered = server.usage or (len(text.split()), len(answer.split()))
             usage = {
-                "prompt_tokens": words,
-                "completion_tokens": len(answer.split()),
-                "total_tokens": words + len(answer.split()),
+                "prompt_tokens": sent,
+                "completion_tokens": answered,
+                "total_tokens": sent + answered,
             }
             request.usage = {
                 "input_tokens": usage["prompt_tokens"],

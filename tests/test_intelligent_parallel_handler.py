@@ -137,6 +137,7 @@ def test_execute_runs_synchronously(canvas: Path) -> None:
     assert result["session_id"] == handler.session_id
     assert set(result["stats"]) >= STATS_KEYS  # the origin's keys, and more
     tokens = {key: result["stats"].pop(key) for key in ("input_tokens", "output_tokens")}
+    assert result["stats"].pop("usd") == 0.0  # the echo model is free
     assert result["stats"] == {
         "total_nodes": 2,
         "processed_nodes": 2,
@@ -699,6 +700,7 @@ def test_a_canvas_already_answered_is_left_alone(canvas: Path) -> None:
         "skipped_answered": 2,
         "input_tokens": 0,
         "output_tokens": 0,
+        "usd": 0.0,  # nothing was called
     }
     assert result["plan"]["calls"] == 0
     assert result["plan"]["answered"] == 2

@@ -25,7 +25,13 @@ from command_handlers.default_plugins.llm_agents import (
     task_prompt,
     uses_echo,
 )
-from command_handlers.plugins import AsyncTask, collect_executors, get_plugin_manager, run_tasks
+from command_handlers.plugins import (
+    AsyncTask,
+    collect_executors,
+    get_plugin_manager,
+    run_tasks,
+    text_tokens,
+)
 from command_handlers.settings import Settings
 
 BUNDLED = sorted(load_agents())
@@ -92,6 +98,9 @@ def test_registers_every_bundled_agent_with_its_description() -> None:
         assert kwargs == {
             "description": definitions[name].description,
             "fingerprint": definitions[name].model or ECHO_MODEL,
+            # The system prompt's estimated tokens, for the plan's estimate of each call.
+            "prompt_tokens": text_tokens(definitions[name].system_prompt),
+            "output_tokens": None,  # no bundled agent declares its own
         }
         assert executor.agent == definitions[name]
 
@@ -101,9 +110,15 @@ def test_registers_nothing_when_an_agent_command_is_set() -> None:
 
 
 def test_agents_dirs_add_agents(tmp_path: Path) -> None:
-    found = collect(Settings(agents_dirs=(agents_dir(tmp_path, tutor="inherit"),)))
+    folder = agents_dir(tmp_path, tutor="inherit")
+    found = collect(Settings(agents_dirs=(folder,)))
     assert sorted(found) == sorted([*BUNDLED, "tutor"])
-    assert found["tutor"][1] == {"description": "tutor explains.", "fingerprint": ECHO_MODEL}
+    assert found["tutor"][1] == {
+        "description": "tutor explains.",
+        "fingerprint": ECHO_MODEL,
+        "prompt_tokens": text_tokens(load_agents([folder])["tutor"].system_prompt),
+        "output_tokens": None,
+    }
 
 
 def test_the_fingerprint_is_the_agents_model_or_the_run_model(tmp_path: Path) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
+from command_handlers._engine.quotas import StartLimit
 from command_handlers._engine.rates import RateLimit
 from command_handlers._engine.retry import RetryPolicy
 from command_handlers._engine.tasks import RetryCallback
@@ -37,6 +38,11 @@ class RunPolicy:
         stop_grace: Seconds running tasks may still take after ``stop`` is
             set before they are cancelled (``None``: as long as they need).
         rng: The random source of the retry jitter (for reproducible tests).
+        limits: Limits on what calls spend
+            (:class:`~command_handlers._engine.quotas.StartLimit`: a budget,
+            tokens per minute), asked before each task starts and told when it
+            ends; a limit that says never stops the run starting tasks, and
+            the tasks not started are cancelled with its reason.
     """
 
     task_timeout: Optional[float] = None  # noqa: UP045
@@ -51,6 +57,7 @@ class RunPolicy:
     stop: Optional[asyncio.Event] = None  # noqa: UP045
     stop_grace: Optional[float] = None  # noqa: UP045
     rng: Optional[random.Random] = None  # noqa: UP045
+    limits: Sequence[StartLimit] = ()
 
     def __post_init__(self) -> None:
         for name in ("task_timeout", "stop_grace"):
@@ -67,7 +74,12 @@ class RunPolicy:
     @property
     def needs_scheduler(self) -> bool:
         """Whether the run must pick tasks one agent at a time (retries, rates)."""
-        return self.retry is not None or self.rate is not None or bool(self.agent_rates)
+        return (
+            self.retry is not None
+            or self.rate is not None
+            or bool(self.agent_rates)
+            or bool(self.limits)
+        )
 
     @property
     def may_cancel(self) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import random
 from collections.abc import Mapping, Sequence
 
@@ -29,6 +30,9 @@ __all__ = ["FixedOrder", "ReadyQueue", "Retries", "Run", "Wakeups"]
 
 logger = logging.getLogger("command_handlers.engine")
 
+#: Seconds after which a task a limit holds until "a running task ends" is looked at again.
+LIMIT_RECHECK = 1.0
+
 
 class FixedOrder:
     """The queue of a flat run without agent limits, retries or rates: one fixed order.
@@ -41,6 +45,7 @@ class FixedOrder:
 
     releases = False
     next_wake: float | None = None
+    exhausted: str | None = None
 
     def __init__(self, ledger: Ledger) -> None:
         tasks = ledger.tasks
@@ -94,6 +99,8 @@ class ReadyQueue:
             (to free an agent slot or make dependents ready).
         next_wake: After :meth:`next_ready` found nothing startable, when a
             rate or a pause will let a ready task start.
+        exhausted: After :meth:`next_ready` found nothing startable, the
+            reason of a limit (a budget) that lets a ready task never start.
     """
 
     def __init__(
@@ -112,8 +119,10 @@ class ReadyQueue:
         self.dependency_aware = dependency_aware
         self.agent_limits = dict(agent_limits)
         self.agent_running = dict.fromkeys(self.agent_limits, 0)
-        self.releases = dependency_aware or bool(self.agent_limits)
+        self.limits = list(policy.limits)
+        self.releases = dependency_aware or bool(self.agent_limits) or bool(self.limits)
         self.next_wake: float | None = None
+        self.exhausted: str | None = None
         self.dependents: Sequence[Sequence[int]] = ()
         self.waiting_on: list[int] = []
         self.keys: list[int] = []
@@ -162,13 +171,18 @@ class ReadyQueue:
         name = self.tasks[i].agent_name
         return name if self.bucket_all or name in self.agent_limits else None
 
-    def next_ready(self) -> int | None:
+    def next_ready(self) -> int | None:  # pylint: disable=too-many-branches
         """Take the best ready task whose agent may start now, if any, and mark it running.
 
         When tasks are ready but must wait for a rate or a server's
         ``Retry-After``, :attr:`next_wake` says when to look again.
         """
         now = self.loop.time()
+        # Written out in one method on purpose: a run with retries (the
+        # command's default) takes this path for every task.
+        limits = self.limits
+        if limits:
+            self.exhausted = None
         wake: float | None = None
         best: str | None = None
         best_key = -1
@@ -183,6 +197,11 @@ class ReadyQueue:
             at = max(global_at, self.paused_until.get(bucket, now))
             if bucket in self.agent_rates:
                 at = max(at, self.agent_rates[bucket].ready_at(now))
+            if limits and at <= now:
+                limited = self._limited_at(heap[0], now)
+                if limited is None:
+                    continue  # never (a budget): no time to look again
+                at = limited
             if at > now:
                 wake = at if wake is None else min(wake, at)
                 continue
@@ -200,12 +219,41 @@ class ReadyQueue:
             self.global_rate.take(now)
         if best in self.agent_rates:
             self.agent_rates[best].take(now)
+        for limit in self.limits:
+            limit.acquire(self.tasks[i], now)
         return i
+
+    def _limited_at(self, key: int, now: float) -> float | None:
+        """When the limits let the task of heap key ``key`` start.
+
+        ``None``: never; :attr:`exhausted` then holds the limit's reason.
+        """
+        at = now
+        task = self.tasks[key % len(self.tasks)]
+        for limit in self.limits:
+            ready = limit.ready_at(task, now)
+            if ready is None:
+                self.exhausted = limit.reason
+                return None
+            if ready == math.inf:
+                # A task ending wakes this run's workers; a task of another run
+                # sharing the limit does not: look again a little later.
+                ready = now + LIMIT_RECHECK
+            at = max(at, ready)
+        return at
+
+    def _settle(self, i: int, result: object) -> None:
+        """Tell the limits that task ``i`` ended, with its result (``None``: none)."""
+        now = self.loop.time()
+        for limit in self.limits:
+            limit.release(self.tasks[i], result, now)
 
     def release(self, i: int) -> None:
         """After task ``i`` succeeded: free its agent slot, make ready what waited only on it."""
+        if self.limits:
+            self._settle(i, self.ledger.results.get(self.tasks[i].task_id))
         if self.agent_limits:
-            self.release_agent(i)
+            self._free_slot(i)
         if self.dependency_aware:
             self._release_dependents(i)
 
@@ -223,7 +271,7 @@ class ReadyQueue:
         Returns:
             The positions of the tasks skipped now (recorded in the ledger).
         """
-        if self.agent_limits:
+        if self.agent_limits or self.limits:
             self.release_agent(i)
         if not self.dependency_aware:
             return []
@@ -243,7 +291,12 @@ class ReadyQueue:
         return skipped
 
     def release_agent(self, i: int) -> None:
-        """Give back the agent slot task ``i`` held."""
+        """Give back the agent slot task ``i`` held; it ended without a result."""
+        if self.limits:
+            self._settle(i, None)
+        self._free_slot(i)
+
+    def _free_slot(self, i: int) -> None:
         bucket = self.bucket(i)
         if bucket in self.agent_limits:
             self.agent_running[bucket] -= 1

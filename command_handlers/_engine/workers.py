@@ -246,6 +246,15 @@ class Workers:
                     await self.halt("stopped")
                     continue
                 i = next_ready()
+                if (
+                    i is None
+                    and queue.exhausted is not None
+                    and queue.next_wake is None
+                    and run.halted is None
+                ):
+                    # A limit (a budget) lets no ready task start, now or later.
+                    await self.halt(queue.exhausted)
+                    continue
                 if i is None:
                     # Nothing may start now: give the slot back while waiting.
                     semaphore.release()

@@ -75,6 +75,9 @@ class _Registration:
     rate: RateLimit | None = None
     fingerprint: str | None = None
     internal: bool = False
+    tpm: float | None = None
+    prompt_tokens: int = 0
+    output_tokens: int | None = None
 
 
 class ExecutorRegistry:
@@ -95,6 +98,9 @@ class ExecutorRegistry:
         rate: RateLimit | float | str | None = None,
         fingerprint: str | None = None,
         internal: bool = False,
+        tpm: float | None = None,
+        prompt_tokens: int = 0,
+        output_tokens: int | None = None,
     ) -> None:
         """Register ``executor`` for ``agent_name`` on behalf of ``plugin``.
 
@@ -110,10 +116,20 @@ class ExecutorRegistry:
             fingerprint: What answers (a model id, a command line), part of
                 every answer's input hash.
             internal: Keep the agent out of :attr:`names` (a plugin's own helper).
+            tpm: At most this many tokens a minute for this agent's calls
+                (input plus output; each call's estimate is reserved when it
+                starts and settled with its result's ``usage`` when it ends).
+            prompt_tokens: The tokens every call sends besides the task's
+                prompt (a system prompt), for the estimate of each call.
+            output_tokens: The tokens a call of this agent is expected to
+                answer, until earlier answers say better (``None``: the
+                command's default).
 
         Raises:
             TypeError: ``executor`` is not callable.
-            ValueError: ``max_concurrency`` is not a positive int, or ``rate`` not a rate.
+            ValueError: ``max_concurrency`` is not a positive int, ``rate`` not
+                a rate, ``tpm`` not a positive number, or ``prompt_tokens`` or
+                ``output_tokens`` not a whole number.
             DuplicateAgentError: Another plugin registered the name and neither
                 or both override.
         """
@@ -130,12 +146,19 @@ class ExecutorRegistry:
                 f"plugin {plugin!r}: max_concurrency of agent {agent_name!r} must be a positive"
                 f" int, got {max_concurrency!r}"
             )
-        try:
-            limit = RateLimit.parse(rate) if rate is not None else None
-        except ValueError as error:
-            raise ValueError(f"plugin {plugin!r}: agent {agent_name!r}: {error}") from None
+        _check_tokens(plugin, agent_name, tpm, prompt_tokens, output_tokens)
         new = _Registration(
-            executor, plugin, max_concurrency, description, override, limit, fingerprint, internal
+            executor,
+            plugin,
+            max_concurrency,
+            description,
+            override,
+            _parse_rate(plugin, agent_name, rate),
+            fingerprint,
+            internal,
+            None if tpm is None else float(tpm),
+            int(prompt_tokens),
+            output_tokens,
         )
         old = self._agents.get(agent_name)
         if old is not None and old.override == override:
@@ -195,6 +218,30 @@ class ExecutorRegistry:
         """Return agent name -> its rate limit, for the agents that have one."""
         return {name: reg.rate for name, reg in self._agents.items() if reg.rate is not None}
 
+    def tpms(self) -> dict[str, float]:
+        """Return agent name -> its tokens per minute, for the agents that have one."""
+        return {name: reg.tpm for name, reg in self._agents.items() if reg.tpm is not None}
+
+    def output_tokens(self) -> dict[str, int]:
+        """Return agent name -> the tokens a call is expected to answer, for those that said."""
+        return {
+            name: reg.output_tokens
+            for name, reg in self._agents.items()
+            if reg.output_tokens is not None
+        }
+
+    def prompt_tokens(self, agent_name: str) -> int:
+        """Return the tokens every call of ``agent_name`` sends besides the task's prompt.
+
+        Args:
+            agent_name: An agent.
+
+        Returns:
+            The tokens (0 for an agent nobody registered, or that did not say).
+        """
+        reg = self._agents.get(agent_name)
+        return reg.prompt_tokens if reg is not None else 0
+
     def _lookup(self, agent_name: str) -> _Registration:
         try:
             return self._agents[agent_name]
@@ -242,6 +289,37 @@ class ExecutorRegistry:
             UnknownAgentError: Nobody registered ``task.agent_name``.
         """
         return self._lookup(task.agent_name).executor(task)
+
+
+def _parse_rate(
+    plugin: str, agent_name: str, rate: RateLimit | float | str | None
+) -> RateLimit | None:
+    """An agent's ``rate=``, read; a bad one names the plugin and the agent."""
+    try:
+        return RateLimit.parse(rate) if rate is not None else None
+    except ValueError as error:
+        raise ValueError(f"plugin {plugin!r}: agent {agent_name!r}: {error}") from None
+
+
+def _check_tokens(
+    plugin: str, agent_name: str, tpm: object, prompt_tokens: object, output_tokens: object
+) -> None:
+    """Refuse a ``tpm`` that is not a positive number, token counts that are not whole numbers."""
+    if tpm is not None and (
+        isinstance(tpm, bool) or not isinstance(tpm, (int, float)) or not tpm > 0
+    ):
+        raise ValueError(
+            f"plugin {plugin!r}: tpm of agent {agent_name!r} must be a positive number, got {tpm!r}"
+        )
+    counts = {"prompt_tokens": prompt_tokens, "output_tokens": output_tokens}
+    if output_tokens is None:
+        del counts["output_tokens"]
+    for name, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(
+                f"plugin {plugin!r}: {name} of agent {agent_name!r} must be a whole"
+                f" number >= 0, got {count!r}"
+            )
 
 
 def plugin_name(pm: pluggy.PluginManager, impl: pluggy.HookImpl) -> str:

@@ -192,6 +192,9 @@ class Answer:
         agent: The agent that wrote it.
         text: The answer's text, from the stored result (``None`` when the
             result held none).
+        output_tokens: The tokens its call answered, from the stored
+            result's ``usage`` (``None`` when it held none): the plan's output
+            estimate reads them.
     """
 
     answer_node_id: str
@@ -201,6 +204,7 @@ class Answer:
     note_id: str | None = None
     agent: str | None = None
     text: str | None = None
+    output_tokens: int | None = None
 
 
 def _text(value: Any) -> str | None:
@@ -218,6 +222,8 @@ def _answer(row: Any) -> Answer:
     answer_node_id, file_node_id, input_hash, written_at, note_id, agent, stored = row
     result = json.loads(stored or "null")
     text = result.get("text") if isinstance(result, dict) else result
+    usage = result.get("usage") if isinstance(result, dict) else None
+    spent = usage.get("output_tokens") if isinstance(usage, dict) else None
     return Answer(
         answer_node_id,
         file_node_id,
@@ -226,6 +232,7 @@ def _answer(row: Any) -> Answer:
         note_id,
         agent,
         text if isinstance(text, str) else None,
+        spent if isinstance(spent, int) and not isinstance(spent, bool) else None,
     )
 
 

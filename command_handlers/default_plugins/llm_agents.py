@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 from command_handlers import hookimpl
 from command_handlers.agent_definitions import AgentDefinition, AgentTask, load_agents, task_prompt
+from command_handlers.plugins import text_tokens
 from command_handlers.settings import ECHO_MODEL, Settings
 
 __all__ = [
@@ -640,6 +641,8 @@ def register_executors(register: Callable[..., None], settings: Settings) -> Non
             LlmAgentExecutor(agent, settings.model, calls),
             description=agent.description,
             fingerprint=agent.model or run_model_id(settings),
+            prompt_tokens=text_tokens(agent.system_prompt or ""),
+            output_tokens=agent.extra.get("output_tokens"),
         )
 
 

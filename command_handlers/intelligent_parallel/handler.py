@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +37,19 @@ from command_handlers.fileio import (
 )
 from command_handlers.hookspecs import OutcomeView, TaskView, WrittenAnswer
 from command_handlers.intelligent_parallel.answered import AnswerIndex, find_answers
+from command_handlers.intelligent_parallel.caps import (
+    agent_models,
+    agent_prices,
+    budget_message,
+    run_limits,
+    spent_usd,
+)
+from command_handlers.intelligent_parallel.estimate import (
+    CallEstimate,
+    add_to_plan,
+    estimate_calls,
+    output_means,
+)
 from command_handlers.intelligent_parallel.hashes import InputHashes
 from command_handlers.intelligent_parallel.notes import (
     NOTE_COLOR,
@@ -71,6 +84,7 @@ from command_handlers.intelligent_parallel.write_back import (
 )
 from command_handlers.plugins import (
     DEFAULT_DEPENDENCY_LIMIT,
+    ESTIMATE_KEY,
     AsyncTask,
     DependencyCycleError,
     ExecutorRegistry,
@@ -80,6 +94,7 @@ from command_handlers.plugins import (
     notify,
     run_tasks,
 )
+from command_handlers.pricing import Price
 from command_handlers.safe_text import strip_controls
 from command_handlers.settings import Settings
 
@@ -205,6 +220,10 @@ class _Command:
     notes: Mapping[str, Note]
     notices: Sequence[str]
     layout: Layout
+    prices: Mapping[str, Price | None] = field(default_factory=dict)
+    models: Mapping[str, str | None] = field(default_factory=dict)
+    #: Task id -> the estimate of its call.
+    calls: dict[str, CallEstimate] = field(default_factory=dict)
 
 
 class IntelligentParallelCommandHandler:
@@ -390,7 +409,16 @@ class IntelligentParallelCommandHandler:
         if not notes:
             return CommandResult("nothing-selected", self.session_id, False, NOTHING_SELECTED)
         command = _Command(
-            canvas, opts, settings, pm, registry, known, notes, list(notices), layout
+            canvas,
+            opts,
+            settings,
+            pm,
+            registry,
+            known,
+            notes,
+            list(notices),
+            layout,
+            *_spending(registry, settings, opts),
         )
         await _choose_agents(command)
         _check_writable(canvas, opts)
@@ -398,8 +426,11 @@ class IntelligentParallelCommandHandler:
         decide_all(notes, known, InputHashes(settings, fingerprints), force=opts.force)
         check_places(canvas, opts, command.layout, notes)
         plan = make_plan(notes, opts, DEFAULT_DEPENDENCY_LIMIT)
+        _estimate(command, plan, records)
         result = CommandResult("dry-run", self.session_id, True, notices=list(notices), plan=plan)
         if opts.dry_run:
+            result.skipped = skipped_pairs(notes, known)
+            result.report = self._report(command, result)
             return result
         if not plan["calls"]:
             return self._up_to_date(command, result)
@@ -419,15 +450,29 @@ class IntelligentParallelCommandHandler:
         count = len(command.notes)
         result.kind = "up-to-date"
         result.stats = make_stats(total_nodes=count, skipped_answered=count)
+        result.stats["usd"] = spent_usd([], command.prices)
         result.skipped = skipped_pairs(command.notes, command.known)
         result.message = (
             f"Nothing to do: every selected note is already answered ({count}"
             f" {'note' if count == 1 else 'notes'}; --force answers again)."
         )
-        result.report = report(
-            self.session_id, str(command.canvas.path), None, 0.0, result.stats, [], result.skipped
-        )
+        result.report = self._report(command, result)
         return result
+
+    def _report(self, command: _Command, result: CommandResult) -> dict[str, Any]:
+        """The JSON report of the result as it stands, with the plan."""
+        found = report(
+            self.session_id,
+            str(command.canvas.path),
+            result.canvas,
+            result.elapsed_seconds,
+            result.stats,
+            result.results,
+            result.skipped,
+            result.failure,
+        )
+        found["plan"] = result.plan
+        return found
 
     async def _answer(self, command: _Command, result: CommandResult) -> CommandResult:
         notes, opts = command.notes, command.opts
@@ -439,6 +484,7 @@ class IntelligentParallelCommandHandler:
                     "note_id": note.node_id,
                     "prompt": build_prompt(note.text, note.material),
                     "input_hash": note.hashes[agent],
+                    ESTIMATE_KEY: command.calls[task_id(note.node_id, agent)].total,
                 },
                 dependencies=[task_id(e, a) for e in note.after for a in notes[e].todo] or None,
             )
@@ -462,7 +508,10 @@ class IntelligentParallelCommandHandler:
                 dependency_aware=opts.follow_edges,
                 max_concurrency=opts.max,
                 settings=command.settings,
-                policy=opts.policy(self._stop),
+                policy=replace(
+                    opts.policy(self._stop),
+                    limits=run_limits(opts, command.calls, command.prices, command.models),
+                ),
                 use_cache=not opts.force,
             )
         except DependencyCycleError as exc:
@@ -493,6 +542,8 @@ class IntelligentParallelCommandHandler:
                 f"stopped: {summary['cancelled']} notes were not answered;"
                 " run the same command again to answer them (finished answers are kept)"
             )
+        if not result.message:
+            result.message = budget_message(cancelled, rows) or ""
         result.kind = "ran"
         result.stats = make_stats(
             total_nodes=len(notes),
@@ -506,6 +557,7 @@ class IntelligentParallelCommandHandler:
             input_tokens=sum(r["usage"]["input_tokens"] for r in rows if r["usage"]),
             output_tokens=sum(r["usage"]["output_tokens"] for r in rows if r["usage"]),
         )
+        result.stats["usd"] = spent_usd(rows, command.prices)
         result.success = (
             all(r["status"] == "success" for r in rows) and self.side_file is None and not failures
         )
@@ -513,16 +565,7 @@ class IntelligentParallelCommandHandler:
         result.skipped = skipped_pairs(notes, command.known)
         result.summary = {k: v for k, v in summary.items() if k != "results"}
         result.elapsed_seconds = elapsed
-        result.report = report(
-            self.session_id,
-            str(command.canvas.path),
-            result.canvas,
-            elapsed,
-            result.stats,
-            rows,
-            result.skipped,
-            result.failure,
-        )
+        result.report = self._report(command, result)
         return result
 
     async def _write(
@@ -586,6 +629,27 @@ class IntelligentParallelCommandHandler:
         ]
         stopped = await notify(command.pm, "on_canvas_written", canvas_path=target, answers=written)
         return [str(stopped)] if stopped is not None else []
+
+
+def _spending(
+    registry: ExecutorRegistry, settings: Settings, opts: Options
+) -> tuple[dict[str, Price | None], dict[str, str | None]]:
+    """Each agent's price and model (``--budget-usd`` without a price is bad input)."""
+    models = agent_models(registry, settings)
+    return agent_prices(models, opts.price, opts.budget_usd), models
+
+
+def _estimate(command: _Command, plan: dict[str, Any], records: Sequence[Any]) -> None:
+    """Estimate each call's tokens (and cost): into the plan, and for the run's limits."""
+    registry = command.registry
+    calls = estimate_calls(
+        command.notes,
+        {name: registry.prompt_tokens(name) for name in registry.names},
+        output_means(records),
+        registry.output_tokens(),
+    )
+    add_to_plan(plan, calls, command.prices)
+    command.calls.update({task_id(note, agent): call for (note, agent), call in calls.items()})
 
 
 async def _choose_agents(command: _Command) -> None:

@@ -24,6 +24,7 @@ from command_handlers._engine.limits import (
     check_limit,
 )
 from command_handlers.canvas import DEFAULT_MAX_BYTES
+from command_handlers.pricing import Price, parse_price
 from command_handlers.settings import (
     DEFAULT_COLOR_MAP,
     DEFAULT_MAX_ANSWER_BYTES,
@@ -138,6 +139,10 @@ class Options:
     scheduler_timeout: float = DEFAULT_SCHEDULER_TIMEOUT
     max_canvas_mb: float = DEFAULT_MAX_BYTES / (1024 * 1024)
     max_answer_mb: float = DEFAULT_MAX_ANSWER_BYTES / (1024 * 1024)
+    price: Price | None = None
+    budget_tokens: int | None = None
+    budget_usd: float | None = None
+    tpm: float | None = None
 
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None) -> Options:
@@ -165,6 +170,7 @@ class Options:
                 setattr(parsed, flag, bool(opts[flag]))
         _parse_selection(parsed, opts)
         _parse_running(parsed, opts)
+        _parse_spending(parsed, opts)
         return parsed
 
     def policy(self, stop: asyncio.Event | None) -> RunPolicy:
@@ -320,6 +326,24 @@ def _parse_running(parsed: Options, opts: Mapping[str, Any]) -> None:
     parsed.use_journal = not opts.get("no_journal", False) and opts.get("use_journal", True)
     if not parsed.use_journal and "journal" not in parsed.disable_plugins:
         parsed.disable_plugins.append("journal")
+
+
+def _parse_spending(parsed: Options, opts: Mapping[str, Any]) -> None:
+    """What the run may spend: ``price``, ``budget_tokens``, ``budget_usd``, ``tpm``."""
+    if opts.get("price") is not None:
+        price = opts["price"]
+        try:
+            parsed.price = price if isinstance(price, Price) else parse_price(str(price))
+        except ValueError as exc:
+            raise CommandInputError(str(exc)) from None
+    if opts.get("budget_tokens") is not None:
+        parsed.budget_tokens = _whole(opts["budget_tokens"], "budget_tokens")
+    if opts.get("budget_usd") is not None:
+        parsed.budget_usd = _seconds(opts["budget_usd"], "budget_usd")
+    if opts.get("tpm") is not None:
+        parsed.tpm = _seconds(opts["tpm"], "tpm")
+        if not parsed.tpm > 0:
+            raise CommandInputError(f"tpm must be a number > 0, got {opts['tpm']!r}")
 
 
 def _whole(value: Any, what: str) -> int:

@@ -39,10 +39,15 @@ _STATS = (
 )
 
 
-def make_stats(**values: int) -> dict[str, int]:
-    """The origin's ``stats`` dict (every key, 0 unless given), with ours added."""
-    stats = dict.fromkeys(_STATS, 0)
+def make_stats(**values: int) -> dict[str, Any]:
+    """The origin's ``stats`` dict (every key, 0 unless given), with ours added.
+
+    ``usd`` (what the calls cost) is ``None`` until the command sets it, and
+    stays so when a price is unknown.
+    """
+    stats: dict[str, Any] = dict.fromkeys(_STATS, 0)
     stats.update(values)
+    stats["usd"] = None
     return stats
 
 
@@ -144,7 +149,7 @@ class CommandResult:
     message: str = ""
     notices: list[str] = field(default_factory=list)
     plan: dict[str, Any] | None = None
-    stats: dict[str, int] = field(default_factory=make_stats)
+    stats: dict[str, Any] = field(default_factory=make_stats)
     # Out of the repr: what grows with the notes. asyncio.run's SIGINT handler
     # holds the main task, and restoring it reprs the task, its result with it
     # (signal.signal's enum conversion): 0.1 s per 1,000 notes for nothing.
@@ -203,7 +208,7 @@ def report(
     canvas: str,
     written: str | None,
     elapsed: float,
-    stats: Mapping[str, int],
+    stats: Mapping[str, Any],
     results: Sequence[Mapping[str, Any]],
     skipped: Sequence[Mapping[str, Any]],
     failure: str | None = None,

@@ -665,6 +665,7 @@ def test_json_report_and_report_file(
         "skipped_answered": 0,
         "input_tokens": 0,
         "output_tokens": 0,
+        "usd": None,  # an agent program has no price
     }
     assert report["written_to"] == str(canvas_file)
     assert {task["node_id"] for task in report["tasks"]} == set(NOTE_IDS)
