@@ -946,6 +946,8 @@ def _print_why(console: Console, quiet: bool, result: CommandResult) -> None:
 
 def _how_to_go_on(console: Console, args: argparse.Namespace, message: str) -> None:
     """How to go on is the run's error message: printed even under --quiet."""
+    from rich.markup import escape  # pylint: disable=import-outside-toplevel  # rich when drawn
+
     if args.quiet:
         _say(message)
     else:
