@@ -549,6 +549,10 @@ def _plural(count: int, word: str) -> str:
     return word if count == 1 else f"{word}s"
 
 
+#: How many failed or skipped tasks the closing summary names, one line each.
+SUMMARY_FAILURES = 20
+
+
 def _print_summary(console: Console, result: CommandResult) -> None:
     from rich.markup import escape  # pylint: disable=import-outside-toplevel  # rich when drawn
 
@@ -571,13 +575,28 @@ def _print_summary(console: Console, result: CommandResult) -> None:
         console.print(
             f"{count} {_plural(count, 'note')} skipped: already answered (--force answers again)"
         )
+    unfinished = [task for task in result.results if task["status"] in ("failed", "skipped")]
+    for task in unfinished[:SUMMARY_FAILURES]:
+        console.print(
+            f"[red]{task['status']}[/] {escape(str(task.get('note', task['task_id'])))}"
+            f" {escape(str(task['agent']))}:"
+            f" {escape(str(task['error']))}",
+            soft_wrap=True,
+        )
+    if len(unfinished) > SUMMARY_FAILURES:
+        more = len(unfinished) - SUMMARY_FAILURES
+        console.print(f"... and {more} more (every task is in --report FILE and --json)")
+    # Calls never started share their reason (a stop, a budget): one line each.
+    reasons: dict[str, int] = {}
     for task in result.results:
-        if task["status"] != "success":
-            console.print(
-                f"[red]{task['status']}[/] {escape(str(task.get('note', task['task_id'])))}"
-                f" {escape(str(task['agent']))}:"
-                f" {escape(str(task['error']))}"
-            )
+        if task["status"] == "cancelled":
+            reason = str(task["error"] or "cancelled")
+            reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        console.print(
+            f"[yellow]cancelled[/] {count} {_plural(count, 'call')}: {escape(reason)}",
+            soft_wrap=True,
+        )
     if result.canvas:
         backup = f" (previous version: {result.backup})" if result.backup else ""
         console.print(f"Wrote {result.canvas}{backup}", markup=False)

@@ -145,8 +145,8 @@ def test_plain_mode_prints_a_line_per_finished_task_and_a_table(clock: Clock) ->
     ]
     text = "\n".join(lines)
     assert "Agents" in text
-    assert re.search(r"│ clarify\s+│\s+2 │\s+1 │\s+0 │\s+1 │\s+1\.3 │", text)
-    assert re.search(r"│ oral\s+│\s+2 │\s+1 │\s+1 │\s+0 │\s+1\.3 │", text)
+    assert re.search(r"clarify\s+2\s+1\s+0\s+1\s+1\.3\b", text)
+    assert re.search(r"oral\s+2\s+1\s+1\s+0\s+1\.3\b", text)
     assert lines[-1] == "4 tasks in 2.1s: 2 ok, 1 failed, 1 skipped"
 
 
@@ -242,7 +242,7 @@ def test_tasks_the_run_did_not_list_are_still_counted(clock: Clock) -> None:
             "output_tokens": 0,
         },
     }
-    assert re.search(r"│ stray\s+│\s+2 │\s+1 │\s+1 │\s+0 │\s+- │", text)
+    assert re.search(r"stray\s+2\s+1\s+1\s+-\s", text)  # no task skipped: no such column
 
 
 def test_an_empty_run_prints_only_the_footer(clock: Clock) -> None:
@@ -303,11 +303,11 @@ def test_the_table_shows_the_tokens_the_agents_spent(clock: Clock) -> None:
     text = output(display._console)  # pylint: disable=protected-access
     assert "Tokens in" in text
     assert "Tokens out" in text
-    oral = next(line for line in text.splitlines() if "│ oral" in line)
+    oral = next(line for line in text.splitlines() if line.lstrip().startswith("oral "))
     assert "2,400" in oral
     assert "60" in oral
-    command = next(line for line in text.splitlines() if "│ command" in line)
-    assert command.rstrip(" │").endswith("-")
+    command = next(line for line in text.splitlines() if line.lstrip().startswith("command "))
+    assert command.rstrip().endswith("-")
 
 
 def test_no_token_columns_when_no_agent_says(clock: Clock) -> None:
@@ -401,7 +401,7 @@ def test_bar_mode_shows_percentage_counts_and_a_table(clock: Clock) -> None:
     assert "[1/4] failed  b  (oral, 0.5s): model refused" in text
     assert "ok      a" not in text
     assert "skipped c" not in text
-    assert re.search(r"│ oral\s+│\s+2 │\s+1 │\s+1 │\s+0 │\s+1\.3 │", text)
+    assert re.search(r"oral\s+2\s+1\s+1\s+0\s+1\.3\b", text)
     assert text.splitlines()[-1] == "4 tasks in 2.1s: 2 ok, 1 failed, 1 skipped"
 
 
@@ -510,7 +510,7 @@ async def test_a_real_run_through_the_plugin_manager() -> None:
     assert any(line.endswith("] skipped n3: dependency 'n2' failed") for line in lines)
     assert set(display.durations) == {"n1", "n2"}
     assert display.stats["progress-echo"]["tasks"] == 3
-    assert re.search(r"│ progress-echo\s+│\s+3 │\s+1 │\s+1 │\s+1 │", output(con))
+    assert re.search(r"progress-echo\s+3\s+1\s+1\s+1\b", output(con))
     assert lines[-1].startswith("3 tasks in ")
 
 

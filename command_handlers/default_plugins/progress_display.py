@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -483,10 +484,14 @@ class ProgressDisplay:
         return line
 
     def _table(self) -> Table:
-        table = Table(title="Agents", title_justify="left")
-        table.add_column("Agent")
+        # Columns that are all zero stay out, and no vertical rules: the table
+        # fits 80 columns with the token columns, so no heading is cut short.
+        table = Table(title="Agents", title_justify="left", box=box.SIMPLE_HEAD)
+        table.add_column("Agent", no_wrap=True)
+        skipped = any(stats.skipped for stats in self._agents.values())
         cancelled = self._counts.cancelled > 0
-        headings = ["Tasks", "OK", "Failed", "Skipped"] + (["Cancelled"] if cancelled else [])
+        headings = ["Tasks", "OK", "Failed"] + (["Skipped"] if skipped else [])
+        headings += ["Cancelled"] if cancelled else []
         # Token columns only when some agent said what it spent (llm agents do,
         # command agents cannot).
         tokens = any(stats.told_usage for stats in self._agents.values())
@@ -500,8 +505,9 @@ class ProgressDisplay:
                 str(stats.tasks),
                 str(stats.ok),
                 Text(str(stats.failed), style="red" if stats.failed else ""),
-                str(stats.skipped),
             ]
+            if skipped:
+                cells.append(str(stats.skipped))
             if cancelled:
                 cells.append(str(stats.cancelled))
             cells.append(f"{stats.seconds / stats.ran:.1f}" if stats.ran else "-")

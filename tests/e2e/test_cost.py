@@ -86,6 +86,9 @@ def test_a_budget_too_small_for_one_call_calls_nothing(
         " run again with a larger budget"
     )
     assert line in " ".join(err.split())
+    # The calls never started share one line in the summary, not one each.
+    assert f"cancelled {len(NOTE_IDS)} calls: budget of 10 tokens reached" in err
+    assert f"({NOTE_IDS[0]})" not in err  # the summary names no cancelled note
     assert not agent_program.log.exists()  # no call
     assert canvas_file.read_bytes() == original
 
