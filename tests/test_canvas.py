@@ -766,6 +766,58 @@ def test_placer_grows_the_anchors_group_and_avoids_others() -> None:
     assert not grown.overlaps(node_rect(canvas.node("g2")))
 
 
+def test_placer_ends_when_the_anchors_group_cannot_grow_any_way() -> None:
+    # The group fits its note tightly and nodes hug it on every side: growing
+    # it to hold a new node would take one of them in, whichever way.
+    own = {"id": "g", "type": "group", "x": -20, "y": -20, "width": 240, "height": 140}
+    ring = [
+        {
+            "id": "above",
+            "type": "text",
+            "text": "",
+            "x": -900,
+            "y": -400,
+            "width": 2000,
+            "height": 370,
+        },
+        {
+            "id": "below",
+            "type": "text",
+            "text": "",
+            "x": -900,
+            "y": 130,
+            "width": 2000,
+            "height": 900,
+        },
+        {
+            "id": "left",
+            "type": "text",
+            "text": "",
+            "x": -900,
+            "y": -30,
+            "width": 870,
+            "height": 160,
+        },
+        {
+            "id": "right",
+            "type": "text",
+            "text": "",
+            "x": 230,
+            "y": -30,
+            "width": 870,
+            "height": 160,
+        },
+    ]
+    note = _box("n", 0, 0, 200, 100)
+    canvas = Canvas({"nodes": [own, *ring, note], "edges": []})
+
+    spot = canvas.placer().place(node_rect(note), 250, 150)
+
+    assert node_rect(canvas.node("g")) == Rect(-20, -20, 240, 140)  # not grown
+    for node in canvas.nodes:
+        assert not spot.overlaps(node_rect(node), 50), node["id"]
+
+
 def test_placer_puts_a_notes_answers_together() -> None:
     note = _box("n", 0, 0)
     placer = Canvas({"nodes": [note], "edges": []}).placer()

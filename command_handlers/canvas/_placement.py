@@ -118,18 +118,35 @@ class Placer:
         holding.sort(key=lambda g: g["width"] * g["height"])
         return holding
 
-    def _blocker(self, rect: Rect, gap: float, own: Sequence[Node]) -> Rect | None:
+    def _blocker(self, rect: Rect, gap: float, own: Sequence[Node], way: str = "") -> Rect | None:
         """An obstacle ``rect`` comes within ``gap`` of, or None.
 
         Growing the groups that hold the anchor to hold ``rect`` must not
         take in a node or reach into another group either: such a node or
-        group is an obstacle too.
+        group is an obstacle too. Of the nodes ``rect`` meets, the one that
+        reaches furthest the ``way`` it slides (down, right, up) is returned,
+        so that one step slides past them all: any nearer spot would still
+        meet that one.
         """
-        probe = Rect(rect.x - gap, rect.y - gap, rect.width + 2 * gap, rect.height + 2 * gap)
-        for cell in _cells(probe):
-            for other in self._grid.get(cell, ()):
-                if rect.overlaps(other, gap):
-                    return other
+        x, y, right, bottom = rect.x - gap, rect.y - gap, rect.right + gap, rect.bottom + gap
+        found: Rect | None = None
+        for cx in range(math.floor(x / _CELL), math.floor(right / _CELL) + 1):
+            for cy in range(math.floor(y / _CELL), math.floor(bottom / _CELL) + 1):
+                for other in self._grid.get((cx, cy), ()):
+                    if not (
+                        x < other.x + other.width
+                        and other.x < right
+                        and y < other.y + other.height
+                        and other.y < bottom
+                    ):
+                        continue
+                    if not way:
+                        return other
+                    if found is None or _further(other, found, way):
+                        found = other
+        if found is not None:
+            return found
+        probe = Rect(x, y, right - x, bottom - y)
         for group in self._groups:
             if any(group is g for g in own):
                 continue
@@ -160,7 +177,7 @@ class Placer:
     def _slide(self, rect: Rect, gap: float, own: Sequence[Node], way: str) -> Rect | None:
         """Move ``rect`` past obstacles (``way``: down, right, up) until free, or None."""
         for _ in range(_STEPS):
-            blocker = self._blocker(rect, gap, own)
+            blocker = self._blocker(rect, gap, own, way)
             if blocker is None:
                 return rect
             if way == "down":
@@ -222,10 +239,16 @@ class Placer:
         own = self.groups_holding(anchor)
         starts, first_only = _starts(anchor, width, height, gap, near)
         best = self._best(anchor, starts, first_only, gap, own)
-        if best is None:  # pragma: no cover - every way is blocked for _STEPS obstacles
-            best = starts[0][0]
-            while self._blocker(best, gap, own) is not None:
-                best = best._replace(y=best.y + height + gap)
+        if best is None:
+            # Every way is blocked for _STEPS obstacles (a crowded group that
+            # cannot grow without taking nodes in): below whatever the spot
+            # meets, the anchor's groups included, which then stay as they are.
+            # Each step passes one obstacle for good, so this ends.
+            best, own = starts[0][0], []
+            blocker = self._blocker(best, gap, own, "down")
+            while blocker is not None:
+                best = best._replace(y=math.ceil(max(best.y + 1, blocker.bottom + gap)))
+                blocker = self._blocker(best, gap, own, "down")
         for group in own:
             _grow(group, best, gap)
         self.add(best)
@@ -248,6 +271,15 @@ def _starts(
     starts.append((at(anchor.x, anchor.bottom + gap), "right", 300.0))
     starts.append((at(anchor.x, anchor.y - gap - height), "up", 600.0))
     return starts, first_only
+
+
+def _further(a: Rect, b: Rect, way: str) -> bool:
+    """Whether ``a`` reaches further than ``b`` the ``way`` a spot slides."""
+    if way == "down":
+        return a.y + a.height > b.y + b.height
+    if way == "right":
+        return a.x + a.width > b.x + b.width
+    return a.y < b.y
 
 
 def _distance(anchor: Rect, spot: Rect) -> float:
