@@ -45,14 +45,18 @@ SUBPROCESS_TIMEOUT = 60
 
 
 class Clock:
-    """A hand-driven ``time`` stand-in for the journal's ``time.time``."""
+    """A hand-driven ``time`` stand-in for the journal's ``time.time`` and ``time.monotonic``."""
 
     def __init__(self) -> None:
         self.now = 1000.0
+        self.steady = 0.0  # ``time.monotonic``: moved by the test alone
 
     def time(self) -> float:
         self.now += 1.0
         return self.now
+
+    def monotonic(self) -> float:
+        return self.steady
 
 
 @pytest.fixture
@@ -154,7 +158,7 @@ def test_a_new_file_gets_the_schema_in_wal_mode(tmp_path: Path) -> None:
         assert journal.outcomes() == []
         assert journal.outcome_counts() == ZERO_COUNTS
         conn = journal._conn
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: Journal.sync
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -305,6 +309,41 @@ def test_a_run_without_a_canvas(tmp_path: Path) -> None:
     with Journal(tmp_path / "j.sqlite") as journal:
         journal.on_run_start(run_info("r2"))
         assert journal._conn.execute("SELECT canvas FROM runs").fetchall() == [(None,)]
+
+
+def test_outcomes_are_synced_once_a_second_at_most(tmp_path: Path, clock: Clock) -> None:
+    statements: list[str] = []
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal._conn.set_trace_callback(statements.append)
+        journal.on_run_start(run_info(task_count=4))
+        for number in range(3):  # within the second: committed, not synced
+            succeed(journal, task(f"t{number}", f"n{number}", input_hash=f"h{number}"))
+        assert sum(s.startswith("PRAGMA wal_checkpoint") for s in statements) == 0
+        clock.steady += 1.0
+        succeed(journal, task("t3", "n3", input_hash="h3"))
+        assert statements[-1] == "PRAGMA wal_checkpoint(PASSIVE)"  # after the commit
+    # A checkpoint syncs the log and moves it into the file: all four are there.
+    conn = sqlite3.connect(f"file:{tmp_path / 'j.sqlite'}?mode=ro", uri=True)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0] == 4
+    finally:
+        conn.close()
+
+
+def test_the_plugin_syncs_the_outcomes_when_the_calls_are_done(tmp_path: Path) -> None:
+    plugin = JournalPlugin(tmp_path / "j.sqlite", tmp_path / "notes.canvas")
+    plugin.on_run_start(run_info(task_count=1))
+    journal = plugin._journal
+    assert journal is not None
+    statements: list[str] = []
+    journal._conn.set_trace_callback(statements.append)
+    item = task("t1", "n1", input_hash="h1")
+    plugin.on_task_start(item)
+    plugin.on_task_end(item, ended("success", answer("fine")))
+    plugin.on_run_end()
+    plugin.unconfigure()
+
+    assert statements.index("PRAGMA wal_checkpoint(PASSIVE)") > statements.index("COMMIT")
 
 
 def test_a_success_is_committed_with_everything(journal: Journal, clock: Clock) -> None:

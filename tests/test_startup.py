@@ -144,6 +144,8 @@ def test_one_commit_per_outcome_and_one_for_the_written_marks(
         # canvas says they are written (docs/reliability.md's promise).
         for insert, following in zip(inserts, [*inserts[1:], replaced]):
             assert _commits(events[insert:following]) == 1
+        # ... and synced to the disk between the last one and the canvas.
+        assert any(e.startswith("PRAGMA WAL_CHECKPOINT") for e in events[inserts[-1] : replaced])
         # The written marks: one transaction after the canvas, however many notes.
         after = events[replaced:]
         assert sum(1 for e in after if e.startswith("UPDATE OUTCOMES")) == notes
