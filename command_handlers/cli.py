@@ -929,15 +929,12 @@ def _finish(
     if result.kind == "declined":
         console.print(result.message)
         return EXIT_OK
-    if args.report:
-        Path(args.report).write_text(
-            json.dumps(result.report, indent=2, ensure_ascii=False), encoding="utf-8"
-        )
+    reported = _write_report(args.report, result.report)
     if args.json:
         print(json.dumps(result.report, indent=2, ensure_ascii=False))
     if result.kind == "up-to-date":
         console.print(result.message, markup=False, soft_wrap=True)
-        return EXIT_OK
+        return EXIT_OK if reported else EXIT_FAILED
     _print_summary(console, result)
     if result.failure or result.interrupted:
         _print_why(console, args.quiet, result)
@@ -945,7 +942,36 @@ def _finish(
         return interrupted_code
     if result.message and not result.side_file and not result.failure:  # a budget reached
         _how_to_go_on(console, args, result.message)
-    return EXIT_OK if result.success else EXIT_FAILED
+    elif args.quiet and not result.failure:
+        _say_failed_calls(result.results)
+    return EXIT_OK if result.success and reported else EXIT_FAILED
+
+
+def _write_report(path: str | None, report: Mapping[str, Any] | None) -> bool:
+    """Write ``--report FILE`` whole or not at all; say why it could not be written."""
+    if not path or report is None:
+        return True
+    from command_handlers.fileio import save_atomic  # pylint: disable=import-outside-toplevel
+
+    try:
+        save_atomic(path, json.dumps(report, indent=2, ensure_ascii=False), backup=False)
+    except OSError as exc:
+        _say(f"error: cannot write the report {path}: {exc.strerror or exc}")
+        return False
+    return True
+
+
+def _say_failed_calls(tasks: Sequence[Mapping[str, Any]]) -> None:
+    """Under --quiet, failed calls are still errors: one line for them all."""
+    failed = [task for task in tasks if task["status"] in ("failed", "skipped")]
+    if failed:
+        first = failed[0]
+        why = (str(first["error"] or first["status"]).splitlines() or [""])[0]
+        rest = "no answer to write" if len(failed) == len(tasks) else "the others were written"
+        _say(
+            f"error: {len(failed)} of {len(tasks)} tasks failed"
+            f" (first, {first['task_id']}: {why.rstrip(' :;')}); {rest}"
+        )
 
 
 def _print_why(console: Console, quiet: bool, result: CommandResult) -> None:
@@ -976,15 +1002,12 @@ def _how_to_go_on(console: Console, args: argparse.Namespace, message: str) -> N
 def _dry_run(console: Console, args: argparse.Namespace, result: CommandResult) -> int:
     assert result.plan is not None
     # The report: the plan alone, nothing called.
-    if args.report:
-        Path(args.report).write_text(
-            json.dumps(result.report, indent=2, ensure_ascii=False), encoding="utf-8"
-        )
+    reported = _write_report(args.report, result.report)
     if args.json:
         print(json.dumps(result.report, indent=2, ensure_ascii=False))
     print_plan(console, result.plan)
     console.print("Dry run: nothing was called or written.")
-    return EXIT_OK
+    return EXIT_OK if reported else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

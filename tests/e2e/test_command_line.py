@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -771,6 +772,52 @@ def test_a_failing_agent_fails_the_run_but_keeps_the_other_answers(
     assert "1/2 notes answered, 1 document, 1 blue node, 1 error in" in err
     assert "failed" in err
     assert "failing on purpose [/oops] [bold]" in err
+
+
+def test_a_failing_agent_is_one_error_line_under_quiet(
+    run_cli: Run, canvas_file: Path, agent_program: Any
+) -> None:
+    data = json.loads(canvas_file.read_text(encoding="utf-8"))
+    by_id(data["nodes"])["note-closure"]["text"] = "PLEASE FAIL: closures confuse me."
+    canvas_file.write_text(json.dumps(data, indent="\t"), encoding="utf-8")
+
+    code, out, err = run_cli(canvas_file, "-q", "--agent-command", agent_program.command)
+
+    assert code == 1
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("error: 1 of 2 tasks failed (first, note-closure:")
+    assert line.endswith("; the others were written")
+    check_canvas(canvas_file, data, {"note-recursion": [DEFAULT_AGENT]})
+
+
+def test_a_report_that_cannot_be_written_after_the_run_is_one_line_and_exit_1(
+    run_cli: Run,
+    canvas_file: Path,
+    canvas_data: dict[str, Any],
+    agent_program: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from command_handlers import fileio
+
+    report = canvas_file.parent / "report.json"
+    save_atomic = fileio.save_atomic
+
+    def full_for_the_report(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path) == report:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save_atomic(path, *args, **kwargs)
+
+    monkeypatch.setattr(fileio, "save_atomic", full_for_the_report)
+
+    code, _, err = run_cli(
+        canvas_file, "-q", "--report", str(report), "--agent-command", agent_program.command
+    )
+
+    assert code == 1
+    assert err.splitlines() == [f"error: cannot write the report {report}: No space left on device"]
+    assert not report.exists()
+    check_canvas(canvas_file, canvas_data, {nid: [DEFAULT_AGENT] for nid in NOTE_IDS})
 
 
 BAD_CANVASES: dict[str, Any] = {
