@@ -1045,7 +1045,10 @@ def check_settings(settings: Settings) -> str | None:
     """
     found = _journal_path(settings)
     wait = _wait()
-    if found is None or not found[0].exists():
+    try:
+        if found is None or not found[0].exists():
+            return None
+    except OSError:  # a name too long, say: the command refuses it before any call
         return None
     path, owner = found
     with Journal(path, canvas=owner, wait=wait, adopt=False) as journal:

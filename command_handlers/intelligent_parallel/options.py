@@ -341,7 +341,10 @@ def _parse_spending(parsed: Options, opts: Mapping[str, Any]) -> None:
     if opts.get("budget_usd") is not None:
         parsed.budget_usd = _seconds(opts["budget_usd"], "budget_usd")
     if opts.get("tpm") is not None:
-        parsed.tpm = _seconds(opts["tpm"], "tpm")
+        try:
+            parsed.tpm = _seconds(opts["tpm"], "tpm")
+        except CommandInputError:
+            parsed.tpm = 0.0  # refused just below, in the same words
         if not parsed.tpm > 0:
             raise CommandInputError(f"tpm must be a number > 0, got {opts['tpm']!r}")
 

@@ -65,6 +65,23 @@ def test_a_folder_where_a_document_goes(
     assert f"{DOCUMENT}: a folder is there; move it away" in line
 
 
+def test_an_output_name_too_long_for_the_files_beside_it(
+    run_script: Run, canvas_file: Path, agent_program: Any
+) -> None:
+    output = canvas_file.parent / ("a" * 260 + ".canvas")  # its journal's name cannot exist
+    line = refused(
+        run_script,
+        canvas_file,
+        agent_program,
+        "--agent-command",
+        agent_program.command,
+        "--output",
+        output,
+    )
+    assert line.startswith("error: cannot write the lock file beside ")
+    assert line.endswith(f"{output.name}: File name too long")
+
+
 def test_an_agent_command_with_an_unterminated_quote(
     run_script: Run, canvas_file: Path, agent_program: Any
 ) -> None:

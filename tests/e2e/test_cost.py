@@ -112,18 +112,27 @@ def test_a_budget_reached_says_so_even_when_quiet(
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--price", "3"), ("--price", "a,b"), ("--budget-usd", "-1"), ("--tpm", "0")],
+    [
+        ("--price", "3"),
+        ("--price", "a,b"),
+        ("--budget-usd", "-1"),
+        ("--tpm", "0"),
+        ("--tpm=-3", None),
+        ("--tpm", "nan"),
+    ],
 )
 def test_bad_cost_options_exit_2_with_one_line(
-    run_cli: Run, canvas_file: Path, option: str, value: str
+    run_cli: Run, canvas_file: Path, option: str, value: str | None
 ) -> None:
     original = canvas_file.read_bytes()
 
-    code, out, err = run_cli(canvas_file, "--auto", option, value)
+    code, out, err = run_cli(canvas_file, "--auto", option, *([] if value is None else [value]))
 
     assert code == 2
     assert out == ""
     assert len(err.strip().splitlines()) == 1
+    if option.startswith("--tpm"):
+        assert "tpm must be a number > 0, got " in err
     assert canvas_file.read_bytes() == original
 
 
