@@ -12,9 +12,10 @@ importable from here.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from command_handlers import hookimpl
+from command_handlers._lazy import lazy_names
 from command_handlers.settings import DISPLAY_MODES, Settings
 
 if TYPE_CHECKING:
@@ -27,19 +28,11 @@ __all__ = ["MODES", "ProgressDisplay", "configure"]
 #: The display modes :class:`ProgressDisplay` accepts.
 MODES = DISPLAY_MODES
 
-_LAZY = frozenset({"ProgressDisplay"})
 
-
-def __getattr__(name: str) -> Any:
-    """Import :class:`ProgressDisplay` (and ``rich``) at its first use."""
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # pylint: disable-next=import-outside-toplevel  # rich only when something is drawn
-    from command_handlers.default_plugins import progress_display
-
-    value = getattr(progress_display, name)
-    globals()[name] = value
-    return value
+# rich only when something is drawn.
+__getattr__ = lazy_names(
+    globals(), {"ProgressDisplay": "command_handlers.default_plugins.progress_display"}
+)
 
 
 @hookimpl
