@@ -49,28 +49,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from llm_server import LlmServer, openai_models_yaml, running  # noqa: E402
+from llm_server import LlmServer, declare_models, notes_canvas, running  # noqa: E402
 
 KEY = "sk-bench"
 MAKESPAN_GOAL = 1.3
 CPU_GOAL_MS = 3.0
-
-
-def write_canvas(path: Path, count: int) -> None:
-    nodes = [
-        {
-            "id": f"n{i}",
-            "type": "text",
-            "text": f"NOTE-{i} is what I understood of topic {i}.",
-            "x": (i % 25) * 400,
-            "y": (i // 25) * 300,
-            "width": 300,
-            "height": 120,
-            "color": "6",
-        }
-        for i in range(count)
-    ]
-    path.write_text(json.dumps({"nodes": nodes, "edges": []}), "utf-8")
 
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -93,7 +76,7 @@ def one_run(
 ) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(dir=home))
     canvas = folder / "notes.canvas"
-    write_canvas(canvas, notes)
+    notes_canvas(canvas, notes, columns=25)
     env = {**os.environ, "LLM_USER_PATH": str(home), "COMMAND_HANDLERS_LOAD_PLUGINS": ""}
     env.pop("OPENAI_API_KEY", None)
     cli = [sys.executable, "-m", "command_handlers.cli", str(canvas), "--model", model]
@@ -141,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     with tempfile.TemporaryDirectory() as tmp, running(latency=args.latency, api_key=KEY) as server:
         home = Path(tmp)
-        (home / "extra-openai-models.yaml").write_text(openai_models_yaml(server.url), "utf-8")
-        (home / "keys.json").write_text(json.dumps({"localkey": KEY}), "utf-8")
+        declare_models(home, server, KEY)
         for _ in range(args.repeats):
             extra = ["--no-journal"] if args.no_journal else []
             runs.append(one_run(server, home, args.notes, args.concurrency, extra, args.model))

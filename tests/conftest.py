@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,3 +39,15 @@ def address(cluster: Any) -> str:
     with distributed.Client(cluster.scheduler_address, timeout=20) as client:
         client.wait_for_workers(2, timeout=30)
     return str(cluster.scheduler_address)
+
+
+@pytest.fixture
+def llm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ``llm`` home (``LLM_USER_PATH``): no plugin, no key, no config from outside."""
+    home = tmp_path / "llm-home"
+    home.mkdir()
+    monkeypatch.setenv("LLM_USER_PATH", str(home))
+    monkeypatch.setenv("COMMAND_HANDLERS_LOAD_PLUGINS", "")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("INTELLIGENT_PARALLEL_CONFIG", raising=False)
+    return home

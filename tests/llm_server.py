@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 NOTE = re.compile(r"NOTE-[\w-]+")
@@ -369,3 +370,31 @@ def openai_models_yaml(url: str, *, key_name: str = "localkey") -> str:
         f"- model_id: local-keyless\n  model_name: local-keyless\n  api_base: {url}\n"
         "  api_key_name: nokey\n"
     )
+
+
+def declare_models(home: Path, server: LlmServer, key: str) -> None:
+    """Declare the server's models and their key in ``llm``'s home (``LLM_USER_PATH``)."""
+    (home / "extra-openai-models.yaml").write_text(openai_models_yaml(server.url), "utf-8")
+    (home / "keys.json").write_text(json.dumps({"localkey": key}), "utf-8")
+
+
+def notes_canvas(path: Path, count: int, *, columns: int = 1) -> Path:
+    """Write a canvas of ``count`` learner's notes, ``NOTE-0`` to ``NOTE-<count - 1>``.
+
+    The notes stand in ``columns`` columns, 400 px apart, rows 300 px apart.
+    """
+    nodes = [
+        {
+            "id": f"n{i}",
+            "type": "text",
+            "text": f"NOTE-{i} is what I understood of topic {i}.",
+            "x": (i % columns) * 400,
+            "y": (i // columns) * 300,
+            "width": 300,
+            "height": 120,
+            "color": "6",
+        }
+        for i in range(count)
+    ]
+    path.write_text(json.dumps({"nodes": nodes, "edges": []}), "utf-8")
+    return path

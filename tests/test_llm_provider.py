@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_server import LlmServer, Script, answer_text, openai_models_yaml, running
+from llm_server import LlmServer, Script, answer_text, declare_models, running
+from llm_server import notes_canvas as write_notes
 
 from command_handlers.async_execution_engine import retry_after
 from command_handlers.cli import main
@@ -44,38 +45,16 @@ KEY = "sk-local"
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LlmServer]:
+def server(llm_home: Path) -> Iterator[LlmServer]:
     """The server, and llm configured to reach it (models, key) under a temporary home."""
-    home = tmp_path / "llm-home"
-    home.mkdir()
-    monkeypatch.setenv("LLM_USER_PATH", str(home))
-    monkeypatch.setenv("COMMAND_HANDLERS_LOAD_PLUGINS", "")
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("INTELLIGENT_PARALLEL_CONFIG", raising=False)
     with running(no_stream=("local-nostream",), api_key=KEY) as started:
-        (home / "extra-openai-models.yaml").write_text(openai_models_yaml(started.url), "utf-8")
-        (home / "keys.json").write_text(json.dumps({"localkey": KEY}), "utf-8")
+        declare_models(llm_home, started, KEY)
         yield started
 
 
 def notes_canvas(folder: Path, count: int) -> Path:
     """A canvas of ``count`` learner's notes, ``NOTE-0`` to ``NOTE-<count - 1>``."""
-    nodes = [
-        {
-            "id": f"n{i}",
-            "type": "text",
-            "text": f"NOTE-{i} is what I understood of topic {i}.",
-            "x": 0,
-            "y": i * 300,
-            "width": 300,
-            "height": 120,
-            "color": "6",
-        }
-        for i in range(count)
-    ]
-    path = folder / "notes.canvas"
-    path.write_text(json.dumps({"nodes": nodes, "edges": []}), "utf-8")
-    return path
+    return write_notes(folder / "notes.canvas", count)
 
 
 def run(capsys: pytest.CaptureFixture[str], canvas: Path, *args: object) -> tuple[int, Any, str]:
