@@ -5,15 +5,12 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sqlite3
-import subprocess
-import sys
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sqlite_lock import locked
 
 from command_handlers.default_plugins import journal as journal_module
 from command_handlers.default_plugins.journal import (
@@ -27,41 +24,6 @@ from command_handlers.default_plugins.journal import (
 from command_handlers.hookspecs import StopRun, WrittenAnswer
 from command_handlers.plugins import TaskOutcome, get_plugin_manager
 from command_handlers.settings import Settings
-
-#: A subprocess of this module is killed after this many seconds.
-SUBPROCESS_TIMEOUT = 60
-
-#: Holds an exclusive lock on a SQLite file until its stdin closes; says "held" once it has it.
-LOCK_HOLDER = textwrap.dedent(
-    """
-    import sqlite3, sys
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    conn.execute("BEGIN EXCLUSIVE")
-    print("held", flush=True)
-    sys.stdin.read()
-    conn.execute("ROLLBACK")
-    """
-)
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Another process holds ``path`` locked (``BEGIN EXCLUSIVE``) inside the block."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", LOCK_HOLDER, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
-        yield
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=SUBPROCESS_TIMEOUT)
-        holder.stdout.close()  # type: ignore[union-attr]
 
 
 def task(task_id: str, note_id: str, input_hash: str | None = None) -> SimpleNamespace:

@@ -17,12 +17,12 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from sqlite_lock import locked
 
 from command_handlers import fileio
 from command_handlers.default_plugins import journal as journal_module
@@ -35,18 +35,6 @@ JOURNAL_NAME = ".notes.canvas.journal.sqlite"
 TIMEOUT = 60
 
 Run = Callable[..., "tuple[int, str, str]"]
-
-#: Holds an exclusive lock on a SQLite file until its stdin closes; says "held" once it has it.
-LOCK_HOLDER = textwrap.dedent(
-    """
-    import sqlite3, sys
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    conn.execute("BEGIN EXCLUSIVE")
-    print("held", flush=True)
-    sys.stdin.read()
-    conn.execute("ROLLBACK")
-    """
-)
 
 
 def notes_canvas(count: int, first: int = 0) -> dict[str, Any]:
@@ -279,26 +267,6 @@ def test_a_canvas_that_cannot_be_written_keeps_the_answers_in_a_side_file(
 
 
 # ----------------------------------------------------------------------------- a locked journal
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Another process holds ``path`` locked (``BEGIN EXCLUSIVE``) inside the block."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", LOCK_HOLDER, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdin is not None
-    assert holder.stdout is not None
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        yield
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=TIMEOUT)
-        holder.stdout.close()
 
 
 def test_a_locked_journal_is_waited_for_then_the_run_stops_before_any_call(
