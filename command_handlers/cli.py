@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -587,11 +588,11 @@ def _print_summary(console: Console, result: CommandResult) -> None:
         more = len(unfinished) - SUMMARY_FAILURES
         console.print(f"... and {more} more (every task is in --report FILE and --json)")
     # Calls never started share their reason (a stop, a budget): one line each.
-    reasons: dict[str, int] = {}
-    for task in result.results:
-        if task["status"] == "cancelled":
-            reason = str(task["error"] or "cancelled")
-            reasons[reason] = reasons.get(reason, 0) + 1
+    reasons = Counter(
+        str(task["error"] or "cancelled")
+        for task in result.results
+        if task["status"] == "cancelled"
+    )
     for reason, count in reasons.items():
         console.print(
             f"[yellow]cancelled[/] {count} {_plural(count, 'call')}: {escape(reason)}",
@@ -936,14 +937,9 @@ def _finish(
         console.print(result.message, markup=False, soft_wrap=True)
         return EXIT_OK if reported else EXIT_FAILED
     _print_summary(console, result)
-    if result.failure or result.interrupted:
-        _print_why(console, args.quiet, result)
+    _print_why(console, args.quiet, result)
     if result.interrupted:
         return interrupted_code
-    if result.message and not result.side_file and not result.failure:  # a budget reached
-        _how_to_go_on(console, args, result.message)
-    elif args.quiet and not result.failure:
-        _say_failed_calls(result.results)
     return EXIT_OK if result.success and reported else EXIT_FAILED
 
 
@@ -975,7 +971,7 @@ def _say_failed_calls(tasks: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _print_why(console: Console, quiet: bool, result: CommandResult) -> None:
-    """Why the run stopped short and how to go on: its error message, printed even if quiet."""
+    """Why the run stopped short, and how to go on: its error, printed even under --quiet."""
     from rich.markup import escape  # pylint: disable=import-outside-toplevel  # rich when drawn
 
     if result.failure:  # the journal or the canvas could not be written
@@ -983,20 +979,13 @@ def _print_why(console: Console, quiet: bool, result: CommandResult) -> None:
             _say(f"error: {result.failure}")
         else:
             _error(result.failure)
+    elif result.interrupted or (result.message and not result.side_file):  # a stop, a budget
+        if quiet:
+            _say(result.message)
+        else:
+            console.print(f"[yellow]{escape(result.message)}[/]", soft_wrap=True)
     elif quiet:
-        _say(result.message)
-    else:
-        console.print(f"[yellow]{escape(result.message)}[/]", soft_wrap=True)
-
-
-def _how_to_go_on(console: Console, args: argparse.Namespace, message: str) -> None:
-    """How to go on is the run's error message: printed even under --quiet."""
-    from rich.markup import escape  # pylint: disable=import-outside-toplevel  # rich when drawn
-
-    if args.quiet:
-        _say(message)
-    else:
-        console.print(f"[yellow]{escape(message)}[/]", soft_wrap=True)
+        _say_failed_calls(result.results)
 
 
 def _dry_run(console: Console, args: argparse.Namespace, result: CommandResult) -> int:
