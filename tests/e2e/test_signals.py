@@ -35,6 +35,7 @@ from typing import Any, Callable
 import pytest
 
 from .conftest import processes_running
+from .test_reliability import notes_canvas
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not Path("/proc").is_dir(), reason="POSIX signals and /proc"
@@ -140,21 +141,8 @@ def vault(tmp_path: Path) -> Path:
 
 def make_notes(vault: Path, make_canvas: Callable[[Path, Any], bytes], *texts: str) -> Path:
     """A canvas of learner's notes ``n1``, ``n2``... with these texts; its path."""
-    nodes = [
-        {
-            "id": f"n{row + 1}",
-            "type": "text",
-            "text": text,
-            "x": 0,
-            "y": 400 * row,
-            "width": 300,
-            "height": 150,
-            "color": "6",
-        }
-        for row, text in enumerate(texts)
-    ]
     canvas = vault / "notes.canvas"
-    make_canvas(canvas, {"nodes": nodes, "edges": []})
+    make_canvas(canvas, notes_canvas({f"n{row}": text for row, text in enumerate(texts, 1)}))
     return canvas
 
 
